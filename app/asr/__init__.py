@@ -1,0 +1,1 @@
+"""Speech recognition: one streaming interface (`base.py`), one module per engine."""

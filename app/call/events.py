@@ -1,0 +1,97 @@
+"""Call events: what happened on a call, for observers (records, live state, metrics).
+
+The SIP adapter and the call session publish these; observers such as the call-record store and
+the live-state registry subscribe. Observers must return quickly: they run on the publishing
+thread, so anything slow (a database write) goes to the observer's own worker.
+Timestamps are UNIX epoch seconds (`time.time()`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CallStarted:
+    """An INVITE was accepted and the call answered."""
+
+    call_id: str
+    from_uri: str
+    to_uri: str
+    dialled: str
+    dialplan: str
+    codec: str
+    started_at: float
+    answered_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StepEntered:
+    """The dialogue moved to a step of its dialplan."""
+
+    call_id: str
+    step: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TurnCompleted:
+    """One exchange: the bot's prompt, what the caller said, and when each stage finished.
+
+    `speech_end_at`: end of the caller's speech as the endpointer saw it; `asr_final_at`: final
+    recognition result; `first_audio_at`: first frame of the bot's reply taken by the media
+    clock (None when nothing was played after this turn, e.g. the caller hung up).
+    """
+
+    call_id: str
+    index: int
+    step: str
+    prompt: str
+    transcript: str
+    confidence: float
+    engine: str
+    grammar: str | None
+    speech_end_at: float | None
+    asr_final_at: float | None
+    first_audio_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnded:
+    """The call is over. `disposition` is ANSWERED, NO ANSWER, BUSY or FAILED (CDR terms)."""
+
+    call_id: str
+    ended_at: float
+    disposition: str
+    hangup_cause: str
+    hangup_by: str
+
+
+CallEvent = CallStarted | StepEntered | TurnCompleted | CallEnded
+
+
+class CallObserver(Protocol):
+    """Anything that wants call events. Must not block the caller."""
+
+    def on_call_event(self, event: CallEvent) -> None: ...
+
+
+class EventBus:
+    """Fans events out to observers; one observer's failure never reaches the call."""
+
+    def __init__(self, observers: list[CallObserver] | None = None) -> None:
+        self._observers: list[CallObserver] = list(observers or [])
+
+    def subscribe(self, observer: CallObserver) -> None:
+        self._observers.append(observer)
+
+    def publish(self, event: CallEvent) -> None:
+        for observer in self._observers:
+            try:
+                observer.on_call_event(event)
+            except Exception:
+                log.exception("observer %r failed on %s", observer, type(event).__name__)

@@ -1,0 +1,1 @@
+"""Speech synthesis: one interface (`base.py`), one module per engine."""
