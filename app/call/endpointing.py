@@ -1,0 +1,187 @@
+"""Endpointing: when did the caller start talking, and when are they done?
+
+webrtcvad classifies each 20 ms frame as voiced or not; this module turns that flicker into two
+turn-level events. Speech must last `min_speech_ms` before it counts, so clicks and line noise do
+not open a turn, and a turn ends only after `end_silence_ms` of quiet, so the pauses between the
+digits of an account number do not cut it short. The frames from just before the onset are kept
+in a ring buffer and handed over with `SpeechStarted`, so the recogniser hears the first
+syllable that the VAD needed time to confirm.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from itertools import islice
+from typing import Literal
+
+import webrtcvad
+
+from app.media.audio import FRAME_MS, frame_bytes
+
+VAD_RATES = (8000, 16000, 32000, 48000)
+"""Sample rates webrtcvad accepts."""
+
+ONSET_GAP_FRAMES = 2
+"""Unvoiced frames tolerated inside an onset: webrtcvad drops single frames mid-word, and a
+strict run would then miss a whole short digit such as "seven"."""
+
+
+@dataclass(frozen=True)
+class EndpointerConfig:
+    """Endpointing knobs, in milliseconds; each is rounded up to whole 20 ms frames.
+
+    `aggressiveness`: webrtcvad mode, 0 (keeps most as speech) to 3 (strictest about noise).
+    """
+
+    aggressiveness: int = 2
+    min_speech_ms: int = 160
+    end_silence_ms: int = 700
+    max_utterance_ms: int = 15000
+    pre_roll_ms: int = 300
+
+    def __post_init__(self) -> None:
+        if self.aggressiveness not in (0, 1, 2, 3):
+            raise ValueError(f"aggressiveness must be 0, 1, 2 or 3, got {self.aggressiveness!r}")
+        for name in ("min_speech_ms", "end_silence_ms", "max_utterance_ms"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive number of ms, got {value!r}")
+        if not isinstance(self.pre_roll_ms, int) or self.pre_roll_ms < 0:
+            raise ValueError(f"pre_roll_ms must be 0 or more ms, got {self.pre_roll_ms!r}")
+        if self.max_utterance_ms < self.min_speech_ms:
+            raise ValueError(
+                f"max_utterance_ms ({self.max_utterance_ms}) must be at least "
+                f"min_speech_ms ({self.min_speech_ms})"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    """Speech confirmed. `pre_roll`: PCM from `pre_roll_ms` before the onset to this frame."""
+
+    pre_roll: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechEnded:
+    """The utterance is over.
+
+    `speech_end_at_frame`: frames processed (since construction or `reset()`) up to the end of
+    the last voiced frame; times `FRAME_MS` gives milliseconds. For "max_length" it is the frame
+    that hit the limit.
+    """
+
+    reason: Literal["silence", "max_length"]
+    speech_end_at_frame: int
+
+
+EndpointEvent = SpeechStarted | SpeechEnded
+
+
+def _frames(ms: int) -> int:
+    return math.ceil(ms / FRAME_MS)
+
+
+class Endpointer:
+    """Feeds one 20 ms frame at a time; one instance per call, used by the call's worker."""
+
+    def __init__(self, config: EndpointerConfig | None = None, sample_rate: int = 8000) -> None:
+        if sample_rate not in VAD_RATES:
+            raise ValueError(
+                f"sample_rate must be one of {VAD_RATES} for webrtcvad, got {sample_rate!r}"
+            )
+        self.config = config or EndpointerConfig()
+        self.sample_rate = sample_rate
+        self.frame_size = frame_bytes(sample_rate)
+        self._vad = webrtcvad.Vad(self.config.aggressiveness)
+        self._min_speech = _frames(self.config.min_speech_ms)
+        self._end_silence = _frames(self.config.end_silence_ms)
+        self._max_utterance = _frames(self.config.max_utterance_ms)
+        self._pre_roll = _frames(self.config.pre_roll_ms)
+        # Room for the pre-roll plus the longest onset span (voiced frames and tolerated gaps).
+        longest_onset = self._min_speech + (self._min_speech - 1) * ONSET_GAP_FRAMES
+        self._ring: deque[bytes] = deque(maxlen=self._pre_roll + longest_onset)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything for the next turn; the frame counter restarts at 0."""
+        self._ring.clear()
+        self._frame_count = 0
+        self._in_speech = False
+        self._run = 0
+        self._gap = 0
+        self._span = 0
+        self._utterance = 0
+        self._silence = 0
+        self._last_voiced = 0
+
+    @property
+    def in_speech(self) -> bool:
+        """True from `SpeechStarted` until `SpeechEnded`."""
+        return self._in_speech
+
+    @property
+    def frame_count(self) -> int:
+        """Frames processed since construction or `reset()`."""
+        return self._frame_count
+
+    def process(self, frame: bytes) -> EndpointEvent | None:
+        """Classify one 20 ms frame; return an event when the turn state changes."""
+        if len(frame) != self.frame_size:
+            raise ValueError(
+                f"expected one 20 ms frame of {self.frame_size} bytes at {self.sample_rate} Hz, "
+                f"got {len(frame)} bytes"
+            )
+        voiced = self._vad.is_speech(frame, self.sample_rate)
+        self._frame_count += 1
+        if self._in_speech:
+            return self._in_utterance(voiced)
+        self._ring.append(frame)
+        if not self._onset(voiced):
+            return None
+        self._in_speech = True
+        self._utterance = self._span
+        self._silence = 0
+        self._last_voiced = self._frame_count
+        keep = min(len(self._ring), self._pre_roll + self._span)
+        pre_roll = b"".join(islice(self._ring, len(self._ring) - keep, None))
+        self._ring.clear()
+        return SpeechStarted(pre_roll)
+
+    def _onset(self, voiced: bool) -> bool:
+        """Track a candidate onset; True once it holds `min_speech_ms` of voiced frames."""
+        if voiced:
+            if not self._run:
+                self._span = 0
+            self._run += 1
+            self._gap = 0
+        elif self._run:
+            self._gap += 1
+            if self._gap > ONSET_GAP_FRAMES:
+                self._run = 0
+                return False
+        else:
+            return False
+        self._span += 1
+        return self._run >= self._min_speech
+
+    def _in_utterance(self, voiced: bool) -> SpeechEnded | None:
+        self._utterance += 1
+        if voiced:
+            self._silence = 0
+            self._last_voiced = self._frame_count
+        else:
+            self._silence += 1
+        if self._silence >= self._end_silence:
+            return self._end("silence", self._last_voiced)
+        if self._utterance >= self._max_utterance:
+            return self._end("max_length", self._frame_count)
+        return None
+
+    def _end(self, reason: Literal["silence", "max_length"], at_frame: int) -> SpeechEnded:
+        self._in_speech = False
+        self._run = 0
+        self._gap = 0
+        return SpeechEnded(reason, at_frame)
