@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class CallStarted:
-    """An INVITE was accepted and the call answered."""
+    """An INVITE arrived and was answered, or rejected (then `answered_at` is None and a
+    `CallEnded` with the rejection follows at once)."""
 
     call_id: str
     from_uri: str
@@ -26,7 +27,7 @@ class CallStarted:
     dialplan: str
     codec: str
     started_at: float
-    answered_at: float
+    answered_at: float | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,8 @@ class LiveState(ABC):
 
     def on_call_event(self, event: CallEvent) -> None:
         if isinstance(event, CallStarted):
-            self.call_started(event)
+            if event.answered_at is not None:  # a rejected INVITE never becomes an active call
+                self.call_started(event)
         elif isinstance(event, StepEntered):
             self.step_entered(event.call_id, event.step)
         elif isinstance(event, CallEnded):

@@ -1,0 +1,107 @@
+"""Call-record tables: one `calls` row per call (an Asterisk-style CDR) and one `turns` row per
+exchange with its latencies.
+
+Plain declarative models with named constraints, so Alembic can autogenerate migrations from
+`Base.metadata` later. Only portable types are used: the same schema on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+"""Deterministic constraint names: Alembic needs them to alter or drop constraints later."""
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend.
+
+    PostgreSQL stores `timestamptz`; SQLite has no time zones and would hand back naive values,
+    so values are normalised to UTC on the way in and tagged as UTC on the way out.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: call records need timezone-aware times")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Call(Base):
+    """One call. `duration_s` runs from start to end, `billsec_s` from answer to end (CDR terms)."""
+
+    __tablename__ = "calls"
+
+    call_id: Mapped[str] = mapped_column(String, primary_key=True)  # the SIP Call-ID
+    from_uri: Mapped[str | None] = mapped_column(String)
+    to_uri: Mapped[str | None] = mapped_column(String)
+    dialled: Mapped[str | None] = mapped_column(String)
+    dialplan: Mapped[str | None] = mapped_column(String, index=True)
+    codec: Mapped[str | None] = mapped_column(String)
+    node: Mapped[str | None] = mapped_column(String)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
+    answered_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    billsec_s: Mapped[float | None] = mapped_column(Float)
+    disposition: Mapped[str | None] = mapped_column(String(16))  # ANSWERED, NO ANSWER, BUSY, FAILED
+    hangup_cause: Mapped[str | None] = mapped_column(String)
+    hangup_by: Mapped[str | None] = mapped_column(String(16))  # caller, bot, system
+
+
+class Turn(Base):
+    """One exchange of a call. `asr_ms`: speech end to final result; `response_ms`: speech end
+    to the first audio of the reply. Stored rather than computed so reports need no date maths."""
+
+    __tablename__ = "turns"
+
+    call_id: Mapped[str] = mapped_column(
+        String, ForeignKey("calls.call_id", ondelete="CASCADE"), primary_key=True
+    )
+    turn_index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    step: Mapped[str | None] = mapped_column(String)
+    prompt: Mapped[str | None] = mapped_column(Text)
+    transcript: Mapped[str | None] = mapped_column(Text)
+    confidence: Mapped[float | None] = mapped_column(Float)
+    engine: Mapped[str | None] = mapped_column(String)
+    grammar: Mapped[str | None] = mapped_column(String)
+    speech_end_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    asr_final_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    first_audio_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    asr_ms: Mapped[float | None] = mapped_column(Float)
+    response_ms: Mapped[float | None] = mapped_column(Float)
