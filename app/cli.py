@@ -1,0 +1,115 @@
+"""The `switchboard` command: serve, validate dialplans, check a configuration.
+
+Exit codes: 0 success, 1 invalid dialplans or routes, 2 invalid configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from app import __version__
+from app.config import Config, ConfigError, dump_config, load_config
+
+EXIT_OK, EXIT_INVALID, EXIT_CONFIG = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.command(args)
+    except ConfigError as exc:
+        print(f"switchboard: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="switchboard", description="Voice-bot telephony application server."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="answer calls until stopped")
+    _add_config_option(serve)
+    serve.set_defaults(command=_serve)
+
+    dialplan = commands.add_parser("dialplan", help="work with dialplans")
+    dialplan_commands = dialplan.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    validate = dialplan_commands.add_parser("validate", help="check dialplan files or folders")
+    validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    validate.set_defaults(command=_validate_dialplans)
+
+    config = commands.add_parser("config", help="work with the configuration")
+    config_commands = config.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    check = config_commands.add_parser(
+        "check", help="print the effective configuration and check its routes and dialplans"
+    )
+    _add_config_option(check)
+    check.set_defaults(command=_check_config)
+    return parser
+
+
+def _add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML configuration (default: built-in defaults); SWITCHBOARD_<SECTION>__<KEY>"
+        " environment variables override it",
+    )
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config, os.environ)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from app.server import serve  # lazy: pulls in pjsua2 and the engines
+
+    return serve(config)
+
+
+def _validate_dialplans(args: argparse.Namespace) -> int:
+    from app.dialog.dialplan import DialplanError, load_dialplan
+
+    files: list[Path] = []
+    for path in args.files:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml")))
+        else:
+            files.append(path)
+    bad = 0
+    for path in files:
+        try:
+            load_dialplan(path)
+        except DialplanError as exc:
+            bad += 1
+            for error in exc.errors:
+                print(error)
+        else:
+            print(f"OK {path}")
+    if not files:
+        print("no dialplan files found")
+        return EXIT_INVALID
+    return EXIT_INVALID if bad else EXIT_OK
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from app.dialog.dialplan import DialplanError, load_dialplans
+    from app.sip.routes import RoutesError, RouteTable
+
+    config = _load(args)
+    print(dump_config(config), end="")
+    try:
+        plans = load_dialplans(config.dialplans.dir)
+        routes = RouteTable.load(config.sip.routes, set(plans))
+    except (DialplanError, RoutesError) as exc:
+        print(f"\n{exc}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"\n# OK: {len(plans)} dialplan(s), {len(routes.routes)} route(s)")
+    return EXIT_OK

@@ -1,0 +1,410 @@
+"""Server configuration: one TOML file, then `SWITCHBOARD_<SECTION>__<KEY>` environment overrides.
+
+Every key has a default, so a first run needs no file at all. Every bad value raises
+`ConfigError` naming the key (`sip.udp_port: must be between 1 and 65535`): operators fix
+configs from the error message, not from a stack trace.
+
+Relative paths (`server.data_dir`, `sip.routes`, `dialplans.dir` and the file of a
+`sqlite:///` store URL) are resolved against the directory of the config file, so a config
+means the same thing whichever directory the server is started from. With no file they are
+resolved against the current directory. Overrides from the environment follow the same rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import socket
+import tomllib
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from app import __version__
+
+ENV_PREFIX = "SWITCHBOARD_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+SUPPORTED_CODECS = ("PCMU", "PCMA")
+ASR_ENGINES = ("pocketsphinx", "vosk", "whisper")
+TTS_ENGINES = ("espeak", "piper")
+
+
+class ConfigError(ValueError):
+    """A configuration value, file or override is invalid; the message names the key."""
+
+
+Check = Callable[[Any], Any]
+"""Validates a typed value; returns it (possibly normalised) or raises `ValueError(reason)`."""
+
+
+def _check(check: Check) -> dict[str, Check]:
+    return {"check": check}
+
+
+def _between(low: int, high: int) -> Check:
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return check
+
+
+def _one_of(choices: tuple[str, ...], *, upper: bool = False) -> Check:
+    def check(value: str) -> str:
+        normal = value.upper() if upper else value.lower()
+        if normal not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+        return normal
+
+    return check
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value.strip()
+
+
+def _ip_address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise ValueError(f"expected an IP address such as 0.0.0.0, got {value!r}") from None
+
+
+def _aggressiveness(value: int) -> int:
+    if not 0 <= value <= 3:
+        raise ValueError("must be 0..3")
+    return value
+
+
+def _codecs(value: tuple[str, ...]) -> tuple[str, ...]:
+    codecs = tuple(codec.strip().upper() for codec in value)
+    if not codecs:
+        raise ValueError(f"must name at least one of {', '.join(SUPPORTED_CODECS)}")
+    for codec in codecs:
+        if codec not in SUPPORTED_CODECS:
+            raise ValueError(f"unsupported codec {codec!r} (use {' or '.join(SUPPORTED_CODECS)})")
+    if len(set(codecs)) != len(codecs):
+        raise ValueError("lists a codec twice")
+    return codecs
+
+
+def _url(schemes: tuple[str, ...], hint: str) -> Check:
+    def check(value: str) -> str:
+        value = value.strip()
+        if "://" not in value:
+            raise ValueError(f"expected a URL ({hint})")
+        scheme = value.split("://", 1)[0].lower()
+        if scheme not in schemes:
+            raise ValueError(f"unsupported scheme {scheme!r} ({hint})")
+        return value
+
+    return check
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    node: str = field(default_factory=socket.gethostname, metadata=_check(_non_empty))
+    log_level: str = field(default="INFO", metadata=_check(_one_of(LOG_LEVELS, upper=True)))
+    data_dir: Path = Path("var")
+
+
+@dataclass(frozen=True, slots=True)
+class SipConfig:
+    bind: str = field(default="0.0.0.0", metadata=_check(_ip_address))
+    udp_port: int = field(default=5060, metadata=_check(_between(1, 65535)))
+    tcp_port: int = field(default=5060, metadata=_check(_between(0, 65535)))
+    public_address: str = ""
+    max_calls: int = field(default=20, metadata=_check(_between(1, 10000)))
+    routes: Path = Path("sip_config/routes.toml")
+    user_agent: str = field(default=f"Switchboard/{__version__}", metadata=_check(_non_empty))
+    rtp_port: int = field(default=10000, metadata=_check(_between(1024, 65534)))
+    rtp_port_count: int = field(default=1000, metadata=_check(_between(2, 64511)))
+    codecs: tuple[str, ...] = field(default=SUPPORTED_CODECS, metadata=_check(_codecs))
+
+
+@dataclass(frozen=True, slots=True)
+class VadConfig:
+    aggressiveness: int = field(default=2, metadata=_check(_aggressiveness))
+    min_speech_ms: int = field(default=160, metadata=_check(_between(20, 10_000)))
+    end_silence_ms: int = field(default=700, metadata=_check(_between(100, 10_000)))
+    max_utterance_ms: int = field(default=15_000, metadata=_check(_between(1000, 300_000)))
+    pre_roll_ms: int = field(default=300, metadata=_check(_between(0, 2000)))
+    no_input_ms: int = field(default=6000, metadata=_check(_between(500, 120_000)))
+
+
+@dataclass(frozen=True, slots=True)
+class AsrConfig:
+    engine: str = field(default="pocketsphinx", metadata=_check(_one_of(ASR_ENGINES)))
+
+
+@dataclass(frozen=True, slots=True)
+class TtsConfig:
+    engine: str = field(default="espeak", metadata=_check(_one_of(TTS_ENGINES)))
+    voice: str = field(default="en-us", metadata=_check(_non_empty))
+    words_per_minute: int = field(default=165, metadata=_check(_between(80, 450)))
+
+
+@dataclass(frozen=True, slots=True)
+class DialplansConfig:
+    dir: Path = Path("dialplans")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    url: str = field(
+        default="sqlite:///var/switchboard.db",
+        metadata=_check(
+            _url(("sqlite", "postgresql+psycopg"), "use sqlite:/// or postgresql+psycopg://")
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    url: str = field(
+        default="memory://",
+        metadata=_check(_url(("memory", "redis", "rediss"), "use memory:// or redis://")),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The effective configuration. `source` is the file it came from (None: defaults only)."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    sip: SipConfig = field(default_factory=SipConfig)
+    vad: VadConfig = field(default_factory=VadConfig)
+    asr: AsrConfig = field(default_factory=AsrConfig)
+    tts: TtsConfig = field(default_factory=TtsConfig)
+    dialplans: DialplansConfig = field(default_factory=DialplansConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    source: Path | None = None
+
+
+SECTIONS: dict[str, type] = {
+    f.name: typing.get_type_hints(Config)[f.name]
+    for f in dataclasses.fields(Config)
+    if f.name != "source"
+}
+
+
+def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read `path` (None: defaults only), apply overrides from `environ`, validate, resolve paths.
+
+    `environ` defaults to no overrides, so tests and tools stay deterministic; the server passes
+    `os.environ`.
+    """
+    raw: dict[str, dict[str, tuple[Any, str]]] = {}
+    base = Path.cwd()
+    source: Path | None = None
+    if path is not None:
+        source = Path(path).expanduser().resolve()
+        base = source.parent
+        for section, key, value in _read_file(source):
+            raw.setdefault(section, {})[key] = (value, f"in {source}")
+    for section, key, value, variable in _read_environ(environ or {}):
+        raw.setdefault(section, {})[key] = (value, f"from environment {variable}")
+
+    sections = {
+        name: _build_section(name, cls, raw.get(name, {})) for name, cls in SECTIONS.items()
+    }
+    config = Config(**sections, source=source)
+    _check_consistency(config)
+    return _resolve_paths(config, base)
+
+
+def _read_file(path: Path) -> list[tuple[str, str, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    entries = []
+    for section, table in document.items():
+        _known_section(section, f"in {path}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{section}: expected a [{section}] table (in {path})")
+        for key, value in table.items():
+            _known_key(section, key, f"in {path}")
+            entries.append((section, key, value))
+    return entries
+
+
+def _read_environ(environ: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
+    """`SWITCHBOARD_SIP__UDP_PORT=5070` -> ("sip", "udp_port", "5070", variable name)."""
+    entries = []
+    for variable, value in sorted(environ.items()):
+        if not variable.startswith(ENV_PREFIX) or "__" not in variable:
+            continue
+        section, _, key = variable[len(ENV_PREFIX) :].lower().partition("__")
+        where = f"from environment {variable}"
+        _known_section(section, where)
+        _known_key(section, key, where)
+        entries.append((section, key, value, variable))
+    return entries
+
+
+def _known_section(section: str, where: str) -> None:
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown section {section!r}{_suggest(section, SECTIONS)} ({where})")
+
+
+def _known_key(section: str, key: str, where: str) -> None:
+    names = [f.name for f in dataclasses.fields(SECTIONS[section])]
+    if key not in names:
+        qualified = [f"{section}.{name}" for name in names]
+        raise ConfigError(
+            f"unknown key '{section}.{key}'{_suggest(f'{section}.{key}', qualified)} ({where})"
+        )
+
+
+def _suggest(word: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _build_section(name: str, cls: type, raw: dict[str, tuple[Any, str]]) -> Any:
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        value, where = raw[f.name]
+        key = f"{name}.{f.name}"
+        try:
+            typed = _coerce(value, hints[f.name])
+            check = f.metadata.get("check")
+            values[f.name] = check(typed) if check else typed
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc} ({where})") from None
+    try:
+        return cls(**values)
+    except ValueError as exc:  # a default_factory failed (cannot happen today; keep it named)
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def _coerce(value: Any, kind: Any) -> Any:
+    """Turn a TOML value or an environment string into `kind`; ValueError says what was wrong."""
+    textual = isinstance(value, str) and kind is not str
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.strip().lower()]
+        raise ValueError(f"expected true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if textual:
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ValueError(f"expected an integer, got {value!r}")
+    if kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if textual:
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise ValueError(f"expected a number, got {value!r}")
+    if kind is str or kind is Path:
+        if isinstance(value, str):
+            return Path(value) if kind is Path else value
+        raise ValueError(f"expected a string, got {value!r}")
+    if typing.get_origin(kind) is tuple:
+        if isinstance(value, str):
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return tuple(value)
+        raise ValueError(f"expected a list of strings, got {value!r}")
+    raise TypeError(f"no coercion to {kind!r}")  # a field type this module forgot to handle
+
+
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _check_consistency(config: Config) -> None:
+    sip, vad = config.sip, config.vad
+    if sip.rtp_port + sip.rtp_port_count - 1 > 65535:
+        raise ConfigError(
+            f"sip.rtp_port_count: ports {sip.rtp_port}..{sip.rtp_port + sip.rtp_port_count - 1}"
+            " run past 65535"
+        )
+    if vad.max_utterance_ms <= vad.min_speech_ms:
+        raise ConfigError("vad.max_utterance_ms: must be greater than vad.min_speech_ms")
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    def resolve(path: Path) -> Path:
+        return (base / path.expanduser()).resolve()
+
+    return dataclasses.replace(
+        config,
+        server=dataclasses.replace(config.server, data_dir=resolve(config.server.data_dir)),
+        sip=dataclasses.replace(config.sip, routes=resolve(config.sip.routes)),
+        dialplans=dataclasses.replace(config.dialplans, dir=resolve(config.dialplans.dir)),
+        store=dataclasses.replace(config.store, url=_resolve_sqlite_url(config.store.url, base)),
+    )
+
+
+def _resolve_sqlite_url(url: str, base: Path) -> str:
+    """`sqlite:///var/x.db` -> `sqlite:////base/var/x.db`; memory and absolute URLs unchanged."""
+    prefix = "sqlite:///"
+    if not url.lower().startswith(prefix):
+        return url
+    rest = url[len(prefix) :]
+    file, sep, query = rest.partition("?")
+    if not file or file.startswith("/") or file == ":memory:":
+        return url
+    return f"{prefix}{(base / file).resolve()}{sep}{query}"
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by `***`, for logs and `config check` output."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
+def dump_config(config: Config) -> str:
+    """The effective configuration as TOML, passwords redacted (for `switchboard config check`)."""
+    lines = [f"# source: {config.source or '(defaults, no file)'}"]
+    for name in SECTIONS:
+        section = getattr(config, name)
+        lines.append(f"\n[{name}]")
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if f.name == "url":
+                value = redact_url(value)
+            lines.append(f"{f.name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
