@@ -20,7 +20,9 @@ def get_call(engine: Engine, call_id: str) -> dict[str, Any] | None:
 def get_turns(engine: Engine, call_id: str) -> list[dict[str, Any]]:
     """The turns of `call_id` in order, each as a dict; empty if none."""
     with Session(engine) as session:
-        rows = session.scalars(select(Turn).where(Turn.call_id == call_id).order_by(Turn.turn_index))
+        rows = session.scalars(
+            select(Turn).where(Turn.call_id == call_id).order_by(Turn.turn_index)
+        )
         return [_as_dict(turn) for turn in rows]
 
 

@@ -1,0 +1,64 @@
+"""Admission control for an inbound INVITE: route it, check its codecs, check capacity.
+
+Pure Python, so every rejection path is unit-tested without a SIP stack. The order matters to
+callers: a wrong number is a 404 even when the server is busy, a codec mismatch a 488.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from app.sip.routes import RouteTable, request_uri_user
+from app.sip.sdp import SipRequest, offered_audio_codecs
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Accept (status 200, with the dialplan) or reject with a SIP status and reason."""
+
+    status: int
+    reason: str
+    dialled: str = ""
+    dialplan: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == 200
+
+
+class Admission:
+    """Decides on INVITEs. `active_calls` is asked at decision time (the capacity check)."""
+
+    def __init__(
+        self,
+        routes: RouteTable,
+        codecs: Sequence[str],
+        max_calls: int,
+        active_calls: Callable[[], int],
+        retry_after_s: int = 30,
+    ) -> None:
+        self._routes = routes
+        self._codecs = {codec.upper() for codec in codecs}
+        self._max_calls = max_calls
+        self._active_calls = active_calls
+        self._retry_after_s = retry_after_s
+
+    def decide(self, request: SipRequest) -> Decision:
+        if request.method != "INVITE":
+            return Decision(405, "Method Not Allowed")
+        try:
+            dialled = request_uri_user(request.request_uri)
+        except ValueError:
+            return Decision(404, "Not Found")
+        dialplan = self._routes.lookup(dialled)
+        if dialplan is None:
+            return Decision(404, "Not Found", dialled)
+        offered = offered_audio_codecs(request.body)
+        if offered is not None and not self._codecs.intersection(offered):
+            return Decision(488, "Not Acceptable Here", dialled)
+        if self._active_calls() >= self._max_calls:
+            retry = (("Retry-After", str(self._retry_after_s)),)
+            return Decision(503, "Service Unavailable", dialled, headers=retry)
+        return Decision(200, "OK", dialled, dialplan)

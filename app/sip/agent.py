@@ -1,0 +1,478 @@
+"""The SIP user agent: one PJSIP endpoint per process, driven by one event-loop thread.
+
+Every pjsua2 call happens on that thread: the thread that creates the endpoint is registered
+with PJSIP, and other threads (call workers, signal handlers) ask for work through `post()`.
+PJSIP's own media clock thread only touches `CallAudioPort`. Call and port objects stay
+referenced until PJSIP is done with them and the call's worker has finished; only then does the
+loop drop them, so no callback ever reaches a freed object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import pjsua2 as pj
+
+from app.call.events import CallEnded, CallStarted, EventBus
+from app.config import SipConfig
+from app.media.audio import CALL_RATE, FRAME_MS
+from app.sip.admission import Admission, Decision
+from app.sip.call import CallRecord, SipCall
+from app.sip.port import CallAudioPort, FrameSink, pcm_port_format
+from app.sip.sdp import parse_request
+
+log = logging.getLogger(__name__)
+
+_PJ_CODEC_IDS = {"PCMU": "PCMU/8000/1", "PCMA": "PCMA/8000/1"}
+_LOOP_POLL_MS = 10
+_PJ_LOG_LEVELS = {0: logging.CRITICAL, 1: logging.ERROR, 2: logging.WARNING, 3: logging.INFO}
+
+
+class SipAgentError(RuntimeError):
+    """The SIP stack could not start (port in use, bad bind address, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What a new call's core needs to know about it."""
+
+    call_id: str
+    from_uri: str
+    to_uri: str
+    dialled: str
+    dialplan: str
+    request_hangup: Callable[[], None]
+
+
+class CallHandle(FrameSink, Protocol):
+    """The call core as the agent drives it (implemented by `CallSession`)."""
+
+    def start(self) -> None: ...
+
+    def caller_hung_up(self) -> None: ...
+
+    def is_alive(self) -> bool: ...
+
+
+SessionFactory = Callable[[CallContext], CallHandle]
+
+
+class _PjLogWriter(pj.LogWriter):
+    """Routes PJSIP's log lines into Python logging (PJSIP logs rarely at the levels we use)."""
+
+    def write(self, entry: pj.LogEntry) -> None:
+        with contextlib.suppress(Exception):  # never let logging raise into PJSIP
+            logging.getLogger("pjsip").log(
+                _PJ_LOG_LEVELS.get(entry.level, logging.DEBUG), entry.msg.rstrip()
+            )
+
+
+class _Account(pj.Account):
+    def __init__(self, agent: SipAgent) -> None:
+        super().__init__()
+        self._agent = agent
+
+    def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:
+        try:
+            self._agent.on_incoming_call(self, prm)
+        except Exception:
+            log.exception("incoming call handling failed")
+
+
+class SipAgent:
+    """Answers inbound calls per `Admission` and runs a call core for each accepted one."""
+
+    def __init__(
+        self,
+        config: SipConfig,
+        admission_factory: Callable[[Callable[[], int]], Admission],
+        session_factory: SessionFactory,
+        bus: EventBus,
+        pjsip_log_level: int = 2,
+    ) -> None:
+        self._config = config
+        self._admission = admission_factory(self.active_call_count)
+        self._session_factory = session_factory
+        self._bus = bus
+        self._pjsip_log_level = pjsip_log_level
+        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._calls: dict[int, SipCall] = {}
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._stopped = threading.Event()
+        self._stop_requested = threading.Event()
+        self._startup_error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._endpoint: pj.Endpoint | None = None
+        self._account: _Account | None = None
+        self._log_writer: _PjLogWriter | None = None
+        self._drain_deadline = 0.0
+
+    # ----------------------------------------------------------------- lifecycle (any thread)
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the endpoint and its loop; raise `SipAgentError` if the transports fail."""
+        self._thread = threading.Thread(target=self._run, name="sip-loop", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise SipAgentError("SIP stack did not start in time")
+        if self._startup_error is not None:
+            raise SipAgentError(str(self._startup_error)) from self._startup_error
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Hang up every call, wait for them to end (up to `timeout`), destroy the endpoint."""
+        if self._thread is None:
+            return
+        self._drain_deadline = time.monotonic() + timeout
+        self._stop_requested.set()
+        self._thread.join(timeout + 5.0)
+        if self._thread.is_alive():
+            log.error("SIP loop did not stop within %.0f s", timeout + 5.0)
+
+    def post(self, command: Callable[[], None]) -> None:
+        """Run `command` on the SIP loop thread (the only thread that may call pjsua2)."""
+        self._commands.put(command)
+
+    def active_call_count(self) -> int:
+        """Calls holding a slot: admitted and not yet disconnected (rejections excluded)."""
+        with self._lock:
+            return sum(
+                1
+                for call in self._calls.values()
+                if call.record is not None
+                and not call.record.rejected
+                and not call.record.disconnected
+            )
+
+    # ----------------------------------------------------------------- loop thread
+
+    def _run(self) -> None:
+        try:
+            self._create_endpoint()
+        except Exception as exc:
+            self._startup_error = exc
+            self._destroy_endpoint()
+            self._ready.set()
+            return
+        self._ready.set()
+        hung_up_all = False
+        try:
+            while True:
+                self._endpoint.libHandleEvents(_LOOP_POLL_MS)
+                self._run_commands()
+                self._reap_finished_calls()
+                if self._stop_requested.is_set():
+                    if not hung_up_all:
+                        self._hangup_all()
+                        hung_up_all = True
+                    if not self._calls or time.monotonic() > self._drain_deadline:
+                        break
+        except Exception:
+            log.exception("SIP loop failed")
+        finally:
+            self._destroy_endpoint()
+            self._stopped.set()
+
+    def _create_endpoint(self) -> None:
+        cfg = self._config
+        ep = pj.Endpoint()
+        self._endpoint = ep
+        ep.libCreate()
+        ep_cfg = pj.EpConfig()
+        ep_cfg.uaConfig.threadCnt = 0  # events are polled by this loop thread alone
+        ep_cfg.uaConfig.mainThreadOnly = False
+        ep_cfg.uaConfig.maxCalls = cfg.max_calls + max(8, cfg.max_calls // 4)  # room to reject
+        ep_cfg.uaConfig.userAgent = cfg.user_agent
+        med = ep_cfg.medConfig
+        med.clockRate = CALL_RATE
+        med.sndClockRate = CALL_RATE
+        med.audioFramePtime = FRAME_MS
+        med.ptime = FRAME_MS
+        med.noVad = True
+        med.ecTailLen = 0
+        self._log_writer = _PjLogWriter()
+        ep_cfg.logConfig.writer = self._log_writer
+        ep_cfg.logConfig.level = self._pjsip_log_level
+        ep_cfg.logConfig.consoleLevel = self._pjsip_log_level
+        ep_cfg.logConfig.msgLogging = self._pjsip_log_level >= 4
+        ep_cfg.logConfig.decor = 0
+        ep.libInit(ep_cfg)
+
+        bound = "" if cfg.bind in ("", "0.0.0.0") else cfg.bind
+        for kind, port in (
+            (pj.PJSIP_TRANSPORT_UDP, cfg.udp_port),
+            (pj.PJSIP_TRANSPORT_TCP, cfg.tcp_port),
+        ):
+            if not port:
+                continue
+            tcfg = pj.TransportConfig()
+            tcfg.port = port
+            tcfg.boundAddress = bound
+            if cfg.public_address:
+                tcfg.publicAddress = cfg.public_address
+            try:
+                ep.transportCreate(kind, tcfg)
+            except pj.Error as exc:
+                name = "UDP" if kind == pj.PJSIP_TRANSPORT_UDP else "TCP"
+                raise SipAgentError(
+                    f"cannot listen on SIP {name} {cfg.bind}:{port}: {exc.info()}"
+                ) from None
+        ep.libStart()
+        ep.audDevManager().setNullDev()  # no sound card: the conference bridge runs on a clock
+        for codec in ep.codecEnum2():
+            ep.codecSetPriority(codec.codecId, 0)
+        for rank, name in enumerate(cfg.codecs):
+            ep.codecSetPriority(_PJ_CODEC_IDS[name.upper()], 255 - rank)
+
+        acc_cfg = pj.AccountConfig()
+        host = cfg.public_address or bound or "127.0.0.1"
+        acc_cfg.idUri = f"sip:switchboard@{host}"
+        rtp = acc_cfg.mediaConfig.transportConfig
+        rtp.port = cfg.rtp_port
+        rtp.portRange = cfg.rtp_port_count
+        rtp.boundAddress = bound
+        if cfg.public_address:
+            rtp.publicAddress = cfg.public_address
+        self._account = _Account(self)
+        self._account.create(acc_cfg, True)
+        log.info(
+            "SIP listening on %s udp:%s tcp:%s, RTP %d-%d, codecs %s",
+            cfg.bind,
+            cfg.udp_port or "off",
+            cfg.tcp_port or "off",
+            cfg.rtp_port,
+            cfg.rtp_port + cfg.rtp_port_count - 1,
+            ",".join(cfg.codecs),
+        )
+
+    def _destroy_endpoint(self) -> None:
+        with self._lock:
+            self._calls.clear()
+        self._account = None
+        if self._endpoint is not None:
+            try:
+                self._endpoint.libDestroy()
+            except Exception:
+                log.exception("PJSIP shutdown failed")
+            self._endpoint = None
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                command()
+            except Exception:
+                log.exception("SIP command failed")
+
+    def _hangup_all(self) -> None:
+        for call in list(self._calls.values()):
+            if call.record is not None and not call.record.disconnected:
+                self._hangup(call, by="system")
+
+    def _reap_finished_calls(self) -> None:
+        """Drop disconnected calls once their worker has ended (PJSIP no longer uses them)."""
+        done = [
+            key
+            for key, call in self._calls.items()
+            if call.record is None
+            or (call.record.disconnected and (call.handle is None or not call.handle.is_alive()))
+        ]
+        if not done:
+            return
+        with self._lock:
+            for key in done:
+                call = self._calls.pop(key)
+                call.port = None  # its destructor unregisters it from the bridge, on this thread
+                call.handle = None
+
+    # ----------------------------------------------------------------- PJSIP callbacks (loop)
+
+    def on_incoming_call(self, account: pj.Account, prm: pj.OnIncomingCallParam) -> None:
+        now = time.time()
+        call = SipCall(account, prm.callId, self)
+        with self._lock:
+            self._calls[prm.callId] = call
+        info = call.getInfo()
+        record = CallRecord(
+            call_id=info.callIdString,
+            from_uri=info.remoteUri,
+            to_uri=info.localUri,
+            dialled="",
+            source=prm.rdata.srcAddress,
+            invited_at=now,
+        )
+        try:
+            request = parse_request(prm.rdata.wholeMsg)
+            decision = self._admission.decide(request)
+        except ValueError as exc:
+            log.warning("malformed INVITE from %s: %s", record.source, exc)
+            decision = Decision(400, "Bad Request")
+        record.dialled = decision.dialled
+        call.record = record
+        if not decision.accepted:
+            self._reject(call, decision)
+            return
+        record.dialplan = decision.dialplan
+        context = CallContext(
+            call_id=record.call_id,
+            from_uri=record.from_uri,
+            to_uri=record.to_uri,
+            dialled=record.dialled,
+            dialplan=decision.dialplan or "",
+            request_hangup=lambda key=prm.callId: self.post(lambda: self._hangup_key(key)),
+        )
+        try:
+            call.handle = self._session_factory(context)
+        except Exception:
+            log.exception("call %s: could not create its session", record.call_id)
+            self._reject(call, Decision(500, "Server Internal Error", record.dialled))
+            return
+        op = pj.CallOpParam()
+        op.statusCode = 200
+        call.answer(op)
+        log.info(
+            "call %s from %s to %s -> dialplan %s",
+            record.call_id,
+            record.from_uri,
+            record.dialled,
+            record.dialplan,
+        )
+
+    def _reject(self, call: SipCall, decision: Decision) -> None:
+        record = call.record
+        assert record is not None
+        record.rejected = True
+        record.hangup_by = "system"
+        op = pj.CallOpParam()
+        op.statusCode = decision.status
+        op.reason = decision.reason
+        for name, value in decision.headers:
+            header = pj.SipHeader()
+            header.hName = name
+            header.hValue = value
+            op.txOption.headers.append(header)
+        log.info(
+            "call %s from %s to %r rejected: %d %s",
+            record.call_id,
+            record.source,
+            record.dialled,
+            decision.status,
+            decision.reason,
+        )
+        self._bus.publish(
+            CallStarted(
+                record.call_id,
+                record.from_uri,
+                record.to_uri,
+                record.dialled,
+                record.dialplan or "",
+                "",
+                record.invited_at,
+                None,
+            )
+        )
+        self._bus.publish(
+            CallEnded(
+                record.call_id,
+                time.time(),
+                _disposition_for(decision.status),
+                f"{decision.status} {decision.reason}",
+                "system",
+            )
+        )
+        call.hangup(op)
+
+    def on_call_media_state(self, call: SipCall) -> None:
+        if call.handle is None or call.record is None:
+            return
+        info = call.getInfo()
+        for index, media in enumerate(info.media):
+            if media.type != pj.PJMEDIA_TYPE_AUDIO or media.status != pj.PJSUA_CALL_MEDIA_ACTIVE:
+                continue
+            audio = call.getAudioMedia(index)
+            if call.port is None:
+                call.port = CallAudioPort(call.handle)
+                call.port.createPort(f"call{info.id}", pcm_port_format())
+            audio.startTransmit(call.port)
+            call.port.startTransmit(audio)
+            call.record.codec = call.getStreamInfo(index).codecName
+            return
+
+    def on_call_state(self, call: SipCall) -> None:
+        record = call.record
+        if record is None:
+            return
+        info = call.getInfo()
+        if info.state == pj.PJSIP_INV_STATE_CONFIRMED and record.answered_at is None:
+            record.answered_at = time.time()
+            self._bus.publish(
+                CallStarted(
+                    record.call_id,
+                    record.from_uri,
+                    record.to_uri,
+                    record.dialled,
+                    record.dialplan or "",
+                    record.codec,
+                    record.invited_at,
+                    record.answered_at,
+                )
+            )
+            if call.handle is not None:
+                call.handle.start()
+        elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED and not record.disconnected:
+            record.disconnected = True
+            if record.rejected:
+                return
+            if not record.hangup_by:
+                record.hangup_by = "caller"
+            if call.handle is not None:
+                call.handle.caller_hung_up()
+            cause = f"{info.lastStatusCode} {info.lastReason}".strip()
+            answered = record.answered_at is not None
+            self._bus.publish(
+                CallEnded(
+                    record.call_id,
+                    time.time(),
+                    "ANSWERED" if answered else "NO ANSWER",
+                    cause,
+                    record.hangup_by,
+                )
+            )
+            log.info("call %s ended (%s, by %s)", record.call_id, cause, record.hangup_by)
+
+    # ----------------------------------------------------------------- hangups (loop)
+
+    def _hangup_key(self, key: int) -> None:
+        call = self._calls.get(key)
+        if call is not None:
+            self._hangup(call, by="bot")
+
+    def _hangup(self, call: SipCall, by: str) -> None:
+        record = call.record
+        if record is None or record.disconnected:
+            return
+        if not record.hangup_by:
+            record.hangup_by = by
+        op = pj.CallOpParam()
+        op.statusCode = 603 if record.answered_at is None else 200
+        try:
+            call.hangup(op)
+        except pj.Error as exc:
+            log.warning("call %s: hangup failed: %s", record.call_id, exc.info())
+
+
+def _disposition_for(status: int) -> str:
+    """Map a rejection to an Asterisk CDR disposition."""
+    if status in (486, 503, 600):
+        return "BUSY"
+    return "FAILED"

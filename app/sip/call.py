@@ -1,0 +1,61 @@
+"""A pjsua2 Call whose callbacks only hand events to the agent.
+
+PJSIP calls these from the agent's event-loop thread. They do no business work (STYLE.md: keep
+PJSIP callbacks tiny) and never let an exception escape into C++, which would abort the process.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import pjsua2 as pj
+
+if TYPE_CHECKING:
+    from app.sip.agent import CallHandle, SipAgent
+    from app.sip.port import CallAudioPort
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """What the agent knows about one call, kept from INVITE to the last cleanup."""
+
+    call_id: str
+    from_uri: str
+    to_uri: str
+    dialled: str
+    source: str
+    invited_at: float
+    dialplan: str | None = None
+    codec: str = ""
+    answered_at: float | None = None
+    rejected: bool = False
+    hangup_by: str = ""
+    disconnected: bool = False
+    extras: dict[str, str] = field(default_factory=dict)
+
+
+class SipCall(pj.Call):
+    """Owns, for as long as PJSIP may use them, the call's audio port and core handle."""
+
+    def __init__(self, account: pj.Account, pj_call_id: int, agent: SipAgent) -> None:
+        super().__init__(account, pj_call_id)
+        self.agent = agent
+        self.record: CallRecord | None = None
+        self.handle: CallHandle | None = None
+        self.port: CallAudioPort | None = None
+
+    def onCallState(self, prm: pj.OnCallStateParam) -> None:
+        try:
+            self.agent.on_call_state(self)
+        except Exception:
+            log.exception("call state handling failed")
+
+    def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
+        try:
+            self.agent.on_call_media_state(self)
+        except Exception:
+            log.exception("call media handling failed")

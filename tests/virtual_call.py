@@ -1,0 +1,87 @@
+"""A phone line without a phone network: drives a `CallSession` the way the SIP adapter does.
+
+A media-clock thread calls `pull_frame()` and `push_frame()` every 20 ms (or faster, with
+`speed`), records everything the bot says, and plays the caller's utterances, each one after the
+bot has finished a prompt, the way a person answers a question. Used by the call-core tests and
+the pipeline benchmark, so they exercise the real threads, queues and engines with no PJSIP.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+from app.media.audio import CALL_RATE, FRAME_MS, frame_bytes, iter_frames
+
+SILENCE = bytes(frame_bytes(CALL_RATE))
+
+
+class VirtualLine:
+    """One simulated call leg. `hangup()` is what the session's `request_hangup` calls."""
+
+    def __init__(
+        self,
+        utterances: Sequence[bytes],
+        speed: float = 1.0,
+        answer_after_silence_ms: int = 400,
+        max_call_s: float = 60.0,
+    ) -> None:
+        self._utterances = [list(iter_frames([u], CALL_RATE)) for u in utterances]
+        self._tick_s = FRAME_MS / 1000 / speed
+        self._answer_after_frames = answer_after_silence_ms // FRAME_MS
+        self._max_ticks = int(max_call_s * 1000 / FRAME_MS)
+        self.heard = bytearray()  # everything the bot played, silence included, at 8 kHz
+        self.bot_hung_up = threading.Event()
+        self.utterances_played = 0
+        self._session = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def hangup(self) -> None:
+        """The session asks to end the call (the dialplan reached a hangup)."""
+        self.bot_hung_up.set()
+        self._stop.set()
+
+    def run(self, session: object, caller_hangs_up_after_s: float | None = None) -> None:
+        """Start `session`, clock media until the bot hangs up (or the caller does), wait for it."""
+        self._session = session
+        session.start()
+        self._clock(caller_hangs_up_after_s)
+        session.caller_hung_up()  # the far end is gone either way, as the SIP adapter reports
+        if not session.join(timeout=30):
+            raise AssertionError("call worker did not finish within 30 s after hangup")
+
+    def _clock(self, caller_hangs_up_after_s: float | None) -> None:
+        session = self._session
+        next_tick = time.monotonic()
+        bot_spoke = False
+        silent_frames = 0
+        speaking: list[bytes] = []
+        hangup_tick = (
+            int(caller_hangs_up_after_s * 1000 / FRAME_MS) if caller_hangs_up_after_s else None
+        )
+        for tick in range(self._max_ticks):
+            if self._stop.is_set() or tick == hangup_tick:
+                return
+            out = session.pull_frame()
+            self.heard += out if out is not None else SILENCE
+            if out is not None:
+                bot_spoke, silent_frames = True, 0
+            else:
+                silent_frames += 1
+            if (
+                not speaking
+                and bot_spoke
+                and silent_frames >= self._answer_after_frames
+                and self.utterances_played < len(self._utterances)
+            ):
+                speaking = list(self._utterances[self.utterances_played])
+                self.utterances_played += 1
+                bot_spoke = False
+            session.push_frame(speaking.pop(0) if speaking else SILENCE)
+            next_tick += self._tick_s
+            delay = next_tick - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        raise AssertionError(f"call still running after {self._max_ticks * FRAME_MS / 1000:.0f} s")
