@@ -20,7 +20,7 @@ from typing import Protocol
 
 import pjsua2 as pj
 
-from app.call.events import CallEnded, CallStarted, EventBus
+from app.call.events import CallEnded, EventBus
 from app.config import SipConfig
 from app.media.audio import CALL_RATE, FRAME_MS
 from app.sip.admission import Admission, Decision
@@ -369,18 +369,7 @@ class SipAgent:
             decision.status,
             decision.reason,
         )
-        self._bus.publish(
-            CallStarted(
-                record.call_id,
-                record.from_uri,
-                record.to_uri,
-                record.dialled,
-                record.dialplan or "",
-                "",
-                record.invited_at,
-                None,
-            )
-        )
+        self._bus.publish(record.started_event())
         self._bus.publish(
             CallEnded(
                 record.call_id,
@@ -415,18 +404,7 @@ class SipAgent:
         info = call.getInfo()
         if info.state == pj.PJSIP_INV_STATE_CONFIRMED and record.answered_at is None:
             record.answered_at = time.time()
-            self._bus.publish(
-                CallStarted(
-                    record.call_id,
-                    record.from_uri,
-                    record.to_uri,
-                    record.dialled,
-                    record.dialplan or "",
-                    record.codec,
-                    record.invited_at,
-                    record.answered_at,
-                )
-            )
+            self._bus.publish(record.started_event())
             if call.handle is not None:
                 call.handle.start()
         elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED and not record.disconnected:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import pjsua2 as pj
 
+from app.call.events import CallStarted
+
 if TYPE_CHECKING:
     from app.sip.agent import CallHandle, SipAgent
     from app.sip.port import CallAudioPort
@@ -36,6 +38,19 @@ class CallRecord:
     hangup_by: str = ""
     disconnected: bool = False
     extras: dict[str, str] = field(default_factory=dict)
+
+    def started_event(self) -> CallStarted:
+        """The record's `CallStarted` (answered_at None while unanswered or rejected)."""
+        return CallStarted(
+            self.call_id,
+            self.from_uri,
+            self.to_uri,
+            self.dialled,
+            self.dialplan or "",
+            self.codec,
+            self.invited_at,
+            self.answered_at,
+        )
 
 
 class SipCall(pj.Call):
