@@ -15,7 +15,7 @@ from app.asr.base import AsrEngine
 from app.call.endpointing import EndpointerConfig
 from app.call.events import EventBus
 from app.call.session import CallSession, SessionConfig
-from app.config import Config
+from app.config import Config, redact_url
 from app.dialog.dialplan import Dialplan, DialplanError, load_dialplans
 from app.sip.admission import Admission
 from app.sip.routes import RoutesError, RouteTable
@@ -163,21 +163,11 @@ def serve(config: Config) -> int:
         "switchboard ready: %d dialplan(s) [%s], store %s, state %s",
         len(server.dialplans),
         ", ".join(sorted(server.dialplans)),
-        _redact(config.store.url),
-        _redact(config.state.url),
+        redact_url(config.store.url),
+        redact_url(config.state.url),
     )
     while not stop.wait(1.0):
         pass
     server.close()
     log.info("stopped")
     return EXIT_OK
-
-
-def _redact(url: str) -> str:
-    """Hide a password in a URL before it reaches a log line."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://{user}@{host}"
