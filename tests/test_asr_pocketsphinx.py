@@ -243,15 +243,20 @@ def test_yes_no_grammar_on_synthetic_speech(
 
 
 def test_bad_options_are_clear_errors(engine: PocketSphinxEngine) -> None:
-    with pytest.raises(AsrError, match=r"unknown grammar 'pin'.*digits, yes_no"):
+    with pytest.raises(AsrError, match=r"unknown grammar 'pin'.*digits.*yes_no"):
         engine.open_stream(RecognitionOptions(grammar="pin"))
     with pytest.raises(AsrError, match="not in the PocketSphinx dictionary: 42, zxqv"):
         engine.open_stream(RecognitionOptions(phrases=("zxqv please", "42")))
-    with pytest.raises(AsrError, match="not both"):
+    with pytest.raises(AsrError, match="only one of"):
         engine.open_stream(RecognitionOptions(grammar="digits", phrases=("one",)))
+    with pytest.raises(AsrError, match="not in the PocketSphinx dictionary: zxqv"):
+        engine.open_stream(RecognitionOptions(grammar="digits", extra_phrases=("zxqv",)))
     with pytest.raises(AsrError, match="en-US model only"):
         engine.open_stream(RecognitionOptions(grammar="digits", language="de-DE"))
     engine.check_options(RecognitionOptions(grammar="yes_no"))  # fine: no exception
+    engine.check_options(RecognitionOptions(grammar="digits", extra_phrases=("agent",)))
+    jsgf = "#JSGF V1.0;\ngrammar colours;\npublic <colour> = red | green | blue ;\n"
+    engine.check_options(RecognitionOptions(jsgf=jsgf, extra_phrases=("operator",)))
 
 
 def test_stream_misuse_is_reported(engine: PocketSphinxEngine) -> None:

@@ -25,12 +25,15 @@ class AsrResult:
 class RecognitionOptions:
     """Per-turn constraints from the dialplan.
 
-    `grammar` names a built-in grammar (e.g. "digits"); `phrases` is a list of accepted phrases.
-    Both empty means open vocabulary.
+    `grammar` names a built-in grammar (e.g. "digits"), `jsgf` is a grammar's text, `phrases` a
+    list of accepted phrases; at most one of them. None of them means open vocabulary.
+    `extra_phrases` are accepted besides the constraint (e.g. "agent" at any question).
     """
 
     grammar: str | None = None
     phrases: tuple[str, ...] = field(default_factory=tuple)
+    jsgf: str | None = None
+    extra_phrases: tuple[str, ...] = field(default_factory=tuple)
     language: str = "en-US"
 
 

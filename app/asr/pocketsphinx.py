@@ -27,7 +27,7 @@ import soxr
 from pocketsphinx import Decoder
 
 from app.asr.base import AsrEngine, AsrError, AsrResult, AsrStream, RecognitionOptions
-from app.asr.grammars import BUILTIN_GRAMMARS, phrase_words, phrases_grammar
+from app.asr.grammars import BUILTIN_GRAMMARS, grammar_words, phrases_grammar, with_phrases
 from app.media.audio import CALL_RATE
 from app.media.resample import QUALITY as RESAMPLE_QUALITY
 
@@ -145,21 +145,26 @@ def _constraint(options: RecognitionOptions) -> tuple[str | None, frozenset[str]
     """The JSGF for `options` (None: the language model) and the words it uses."""
     if options.language.lower() not in LANGUAGES:
         raise AsrError(f"PocketSphinx has an en-US model only, not {options.language!r}")
-    if options.grammar:
-        if options.phrases:
-            raise AsrError("give a grammar or a phrase list, not both")
-        jsgf = BUILTIN_GRAMMARS.get(options.grammar)
-        if jsgf is None:
-            known = ", ".join(sorted(BUILTIN_GRAMMARS))
-            raise AsrError(f"unknown grammar {options.grammar!r} (built-in: {known})")
-        return jsgf, frozenset()
-    if options.phrases:
-        try:
+    given = [name for name in ("grammar", "phrases", "jsgf") if getattr(options, name)]
+    if len(given) > 1:
+        raise AsrError(f"give only one of a grammar, a phrase list or a JSGF text, not {given}")
+    try:
+        if options.grammar:
+            jsgf = BUILTIN_GRAMMARS.get(options.grammar)
+            if jsgf is None:
+                known = ", ".join(sorted(BUILTIN_GRAMMARS))
+                raise AsrError(f"unknown grammar {options.grammar!r} (built-in: {known})")
+        elif options.phrases:
             jsgf = phrases_grammar(options.phrases)
-        except ValueError as exc:
-            raise AsrError(str(exc)) from None
-        return jsgf, frozenset(w for phrase in options.phrases for w in phrase_words(phrase))
-    return None, frozenset()
+        else:
+            jsgf = options.jsgf
+        if jsgf is None:
+            return None, frozenset()  # open vocabulary: extra phrases are in the model anyway
+        jsgf = with_phrases(jsgf, options.extra_phrases) if options.extra_phrases else jsgf
+    except ValueError as exc:
+        raise AsrError(str(exc)) from None
+    assert jsgf is not None
+    return jsgf, grammar_words(jsgf)
 
 
 class _PooledDecoder:

@@ -6,6 +6,7 @@ error with a line number, never a surprise in the middle of a call.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -19,7 +20,28 @@ def _digits(value: str) -> str:
     return " ".join(ch for ch in value if not ch.isspace())
 
 
-FILTERS: dict[str, Callable[[str], str]] = {"digits": _digits}
+def _date(value: str) -> str:
+    """ "2026-12-03" -> "Thursday, December 3": how a person says a date (ISO stays ISO for
+    webhooks and records; only the spoken form changes). Anything else is left as it is."""
+    try:
+        day = dt.date.fromisoformat(value.strip())
+    except ValueError:
+        return value
+    return f"{day:%A}, {day:%B} {day.day}"
+
+
+def _time(value: str) -> str:
+    """ "14:30" -> "2:30 PM", "11:00" -> "11 AM", "00:15" -> "12:15 AM"."""
+    try:
+        moment = dt.time.fromisoformat(value.strip())
+    except ValueError:
+        return value
+    hour = moment.hour % 12 or 12
+    half = "AM" if moment.hour < 12 else "PM"
+    return f"{hour} {half}" if moment.minute == 0 else f"{hour}:{moment.minute:02d} {half}"
+
+
+FILTERS: dict[str, Callable[[str], str]] = {"digits": _digits, "date": _date, "time": _time}
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -47,8 +69,14 @@ class Template:
     def variables(self) -> tuple[str, ...]:
         return tuple(part.name for part in self.parts if isinstance(part, Field))
 
-    def render(self, variables: Mapping[str, str]) -> str:
-        """Substitute `variables`; a variable not set on this path renders as "" (and is logged)."""
+    def render(
+        self, variables: Mapping[str, str], escape: Callable[[str], str] | None = None
+    ) -> str:
+        """Substitute `variables`; a variable not set on this path renders as "" (and is logged).
+
+        `escape` is applied to each substituted value (e.g. URL quoting), never to the literal
+        text around it.
+        """
         out = []
         for part in self.parts:
             if isinstance(part, str):
@@ -61,7 +89,7 @@ class Template:
             text = str(value)
             for name in part.filters:
                 text = FILTERS[name](text)
-            out.append(text)
+            out.append(escape(text) if escape is not None else text)
         return "".join(out)
 
 
