@@ -13,7 +13,7 @@ import pytest
 
 from app.asr.grammars import digits_from_words
 from app.asr.pocketsphinx import PocketSphinxEngine
-from app.call.events import CallEvent, EventBus, StepEntered, TurnCompleted
+from app.call.events import EventBus, StepEntered, TurnCompleted
 from app.call.session import CallSession, SessionConfig
 from app.dialog.dialplan import load_dialplan
 from app.media.resample import resample
@@ -21,17 +21,9 @@ from app.tts.espeak import EspeakEngine
 from tests.conftest import REPO_ROOT
 from tests.sip.audio_match import find_reference
 from tests.sip.rtp_pcap import build_digit_utterance, silence
-from tests.virtual_call import VirtualLine
+from tests.virtual_call import Collector, VirtualLine
 
 SPEED = 3.0  # the media clock runs 3x real time; the engines must keep up
-
-
-class Collector:
-    def __init__(self) -> None:
-        self.events: list[CallEvent] = []
-
-    def on_call_event(self, event: CallEvent) -> None:
-        self.events.append(event)
 
 
 @pytest.fixture(scope="module")

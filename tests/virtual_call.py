@@ -12,9 +12,23 @@ import threading
 import time
 from collections.abc import Sequence
 
+from app.call.events import CallEvent
 from app.media.audio import CALL_RATE, FRAME_MS, frame_bytes, iter_frames
 
 SILENCE = bytes(frame_bytes(CALL_RATE))
+
+
+class Collector:
+    """A call-event observer that keeps every event, for assertions."""
+
+    def __init__(self) -> None:
+        self.events: list[CallEvent] = []
+
+    def on_call_event(self, event: CallEvent) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
 
 
 class VirtualLine:

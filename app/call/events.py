@@ -62,6 +62,40 @@ class TurnCompleted:
 
 
 @dataclass(frozen=True, slots=True)
+class DialogStarted:
+    """The call's dialogue began on `dialplan` at `version` (the file's SHA-256)."""
+
+    call_id: str
+    dialplan: str
+    version: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class VariableSet:
+    """A dialplan variable got a value (sensitive values arrive already redacted)."""
+
+    call_id: str
+    step: str
+    name: str
+    value: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """How a step that reaches outside the call went: a webhook, an LLM request, a transfer,
+    a recording, a request for an agent. `detail` is the error when `ok` is False."""
+
+    call_id: str
+    step: str
+    kind: str
+    ok: bool
+    detail: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class CallEnded:
     """The call is over. `disposition` is ANSWERED, NO ANSWER, BUSY or FAILED (CDR terms)."""
 
@@ -72,7 +106,9 @@ class CallEnded:
     hangup_by: str
 
 
-CallEvent = CallStarted | StepEntered | TurnCompleted | CallEnded
+CallEvent = (
+    CallStarted | StepEntered | TurnCompleted | DialogStarted | VariableSet | StepResult | CallEnded
+)
 
 
 class CallObserver(Protocol):

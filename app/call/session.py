@@ -1,34 +1,72 @@
-"""One call's core: frames in, frames out, one worker thread. Free of PJSIP.
+"""One call's core: frames and keys in, frames out, one worker thread. Free of PJSIP.
 
-The media side (`push_frame`, `pull_frame`) is called from the telephony clock thread and never
-blocks: incoming frames go to a bounded queue, outgoing frames come from the playout buffer.
-The worker thread runs the dialogue: it speaks prompts (TTS -> resample -> playout), listens
-(endpointer -> streaming ASR) and publishes turn events for the records.
+The media side (`push_frame`, `pull_frame`, `push_dtmf`) is called from telephony threads and
+never blocks: incoming frames go to a bounded queue, keys to a small buffer, outgoing frames
+come from the playout buffer. The worker thread drives the dialogue (`DialogRunner`) and
+performs its actions: speak (TTS -> resample -> playout), listen (endpointer -> streaming ASR,
+keys), call webhooks and chat models, transfer, record. It publishes call events for records.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import datetime as dt
 import logging
 import queue
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from app.asr.base import AsrEngine, AsrResult, AsrStream, RecognitionOptions
-from app.call.endpointing import Endpointer, EndpointerConfig, SpeechEnded, SpeechStarted
-from app.call.events import EventBus, StepEntered, TurnCompleted
-from app.dialog.actions import Ask, Hangup, Say
+from app.asr.base import AsrEngine, RecognitionOptions
+from app.call.dtmf import DtmfBuffer
+from app.call.endpointing import EndpointerConfig
+from app.call.events import (
+    DialogStarted,
+    EventBus,
+    StepEntered,
+    StepResult,
+    TurnCompleted,
+    VariableSet,
+)
+from app.call.listening import Answer, Listener
+from app.dialog.actions import (
+    Action,
+    Ask,
+    AskLlm,
+    CallTimeLimit,
+    CallWebhook,
+    DtmfInput,
+    Hangup,
+    Heard,
+    Record,
+    Recording,
+    Reply,
+    Say,
+    StepOutcome,
+    Transfer,
+    TransferOutcome,
+)
 from app.dialog.dialplan import Dialplan
-from app.dialog.runner import DialogRunner
-from app.media.audio import CALL_RATE, FRAME_MS
+from app.dialog.runner import REDACTED, DialogRunner
+from app.media.audio import CALL_RATE
 from app.media.playout import PlayoutBuffer
 from app.media.resample import Resampler
+from app.services.llm import ChatClient, ChatReply
+from app.services.webhook import WebhookClient, WebhookResponse
 from app.tts.base import TtsEngine
 
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.1
+_TIME_LIMIT_GRACE_S = 60.0
+"""After `on_max_duration` starts, how long its goodbye may take before the call is cut."""
+
+TransferFunction = Callable[[str, str, float], TransferOutcome]
+"""(target URI, fallback, timeout in seconds) -> outcome; blocks the calling worker."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,17 +77,16 @@ class SessionConfig:
     no_input_ms: int = 6000
     inbound_queue_frames: int = 100  # 2 s of caller audio: the worker may lag, not block
     tts_voice: str | None = None
+    recordings_dir: Path = Path("var/recordings")
 
 
 @dataclass(slots=True)
-class _PendingTurn:
-    index: int
-    step: str
-    prompt: str
-    result: AsrResult | None
-    grammar: str | None
-    speech_end_at: float | None
-    asr_final_at: float | None
+class CallServices:
+    """What a dialogue may reach outside the call. Shared by all calls of a server."""
+
+    webhooks: WebhookClient | None = None
+    chat: ChatClient | None = None
+    transfer: TransferFunction | None = None
 
 
 class CallSession:
@@ -65,6 +102,7 @@ class CallSession:
         config: SessionConfig,
         request_hangup: Callable[[], None],
         variables: dict[str, str] | None = None,
+        services: CallServices | None = None,
     ) -> None:
         self.call_id = call_id
         self._dialplan = dialplan
@@ -73,14 +111,25 @@ class CallSession:
         self._bus = bus
         self._config = config
         self._request_hangup = request_hangup
-        self._variables = dict(variables or {})
+        self._services = services or CallServices()
+        self._initial = {**(variables or {}), "call_id": call_id}
         self._inbound: queue.Queue[bytes] = queue.Queue(maxsize=config.inbound_queue_frames)
         self._listening = False
         self._playout = PlayoutBuffer(rate=CALL_RATE)
-        self._ended = threading.Event()
+        self._ended = threading.Event()  # the caller is gone
+        self._stop = threading.Event()  # stop what is in progress: hang-up or time limit
+        self._time_up = threading.Event()
+        self._interruptible = False
+        self._keys = DtmfBuffer(on_key=self._on_key)
+        self._listener = Listener(self._inbound, self._keys, asr, config.endpointer, self._stop)
         self._thread = threading.Thread(target=self._run, name=f"call-{call_id[:12]}", daemon=True)
+        self._timer: threading.Timer | None = None
         self._turn_index = 0
-        self._pending: _PendingTurn | None = None
+        self._pending: TurnCompleted | None = None
+        """The last turn, published once the reply's first audio is played (or never is)."""
+        self._runner: DialogRunner | None = None
+        self.transferred = False
+        self.hangup_reason = ""
         self.inbound_overruns = 0
         self.error: BaseException | None = None
 
@@ -93,21 +142,35 @@ class CallSession:
         try:
             self._inbound.put_nowait(pcm)
         except queue.Full:
-            self.inbound_overruns += 1  # worker is behind: lose the oldest audio, keep up
+            self.inbound_overruns += 1  # worker is behind: lose the newest audio, keep up
 
     def pull_frame(self) -> bytes | None:
         """One 20 ms frame of bot audio, or None (silence)."""
         return self._playout.read()
 
+    def push_dtmf(self, key: str) -> None:
+        """A key the caller pressed (RFC 4733 or SIP INFO)."""
+        self._keys.push(key)
+
+    def _on_key(self) -> None:
+        if self._interruptible:
+            self._playout.clear()  # the write or drain wait in `_speak` returns at once
+
     # ------------------------------------------------------------ control
 
     def start(self) -> None:
+        limit = self._dialplan.handlers.max_duration_s
+        if limit is not None:
+            self._arm_timer(limit)
         self._thread.start()
 
     def caller_hung_up(self) -> None:
         """The far end is gone: stop speaking and listening at once."""
         self._ended.set()
+        self._stop.set()
         self._playout.close()
+        if self._timer is not None:
+            self._timer.cancel()
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()
@@ -118,154 +181,249 @@ class CallSession:
 
     @property
     def variables(self) -> dict[str, str]:
-        return dict(self._variables)
+        """The call's variables as records may show them (sensitive values redacted)."""
+        if self._runner is None:
+            return dict(self._initial)
+        return self._runner.redacted_variables()
+
+    def _arm_timer(self, seconds: float) -> None:
+        self._timer = threading.Timer(seconds, self._on_time_limit)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _on_time_limit(self) -> None:
+        log.info("call %s: maximum duration reached", self.call_id)
+        self._time_up.set()
+        self._stop.set()
+        self._playout.clear()
 
     # ------------------------------------------------------------ worker thread
 
     def _run(self) -> None:
-        runner = DialogRunner(self._dialplan, self._variables)
+        runner = DialogRunner(
+            self._dialplan,
+            self._initial,
+            today=dt.date.today(),
+            on_variable=self._publish_variable,
+            on_outcome=self._publish_outcome,
+            on_step=lambda name: self._bus.publish(StepEntered(self.call_id, name, time.time())),
+        )
+        self._runner = runner
+        self._bus.publish(
+            DialogStarted(self.call_id, self._dialplan.name, self._dialplan.version, time.time())
+        )
         step = None
         try:
             actions = runner.run()
-            action = next(actions)
+            action: Action = next(actions)
             while not self._ended.is_set():
-                if action.step != step:
-                    step = action.step
-                    self._bus.publish(StepEntered(self.call_id, step, time.time()))
-                result: AsrResult | None = None
-                if isinstance(action, Say):
-                    self._speak(action.text)
-                elif isinstance(action, Ask):
-                    self._speak(action.prompt)
-                    result = self._listen(action, step)
-                elif isinstance(action, Hangup):
+                step = action.step
+                if isinstance(action, Hangup):
+                    self.hangup_reason = action.reason
                     break
+                reply = self._perform(action)
                 if self._ended.is_set():
+                    # the runner still learns how this action went (a transfer that ended the
+                    # call, a webhook answer), so its outcome reaches the call record
+                    actions.send(reply)
                     break
-                action = actions.send(result)
+                if self._time_up.is_set():
+                    self._time_up.clear()
+                    self._stop.clear()
+                    self._arm_timer(_TIME_LIMIT_GRACE_S)
+                    action = actions.throw(CallTimeLimit())
+                else:
+                    action = actions.send(reply)
         except StopIteration:
             pass
         except Exception as exc:  # a broken engine must end this call cleanly, not the server
             self.error = exc
             log.exception("call %s: dialogue failed in step %s", self.call_id, step)
         finally:
-            self._variables.update(runner.variables)
+            if self._timer is not None:
+                self._timer.cancel()
             self._flush_pending_turn(first_audio_at=None)
-            if not self._ended.is_set():
+            if not self._ended.is_set() and not self.transferred:
                 self._request_hangup()
             self._playout.close()
 
-    def _speak(self, text: str) -> None:
-        """Synthesise `text` and play it to the end (or until the caller hangs up)."""
-        if not text.strip():
+    def _perform(self, action: Action) -> Reply:
+        if isinstance(action, Say):
+            self._speak(action.text, action.interruptible)
+            return None
+        if isinstance(action, Ask):
+            return self._ask(action)
+        if isinstance(action, CallWebhook):
+            return self._call_webhook(action)
+        if isinstance(action, AskLlm):
+            return self._ask_llm(action)
+        if isinstance(action, Transfer):
+            return self._transfer(action)
+        if isinstance(action, Record):
+            return self._record(action)
+        raise TypeError(f"no handler for {type(action).__name__}")
+
+    # ------------------------------------------------------------ speaking
+
+    def _speak(self, text: str, interruptible: bool = False) -> None:
+        """Synthesise `text` and play it to the end, or until hang-up, the time limit, or (when
+        `interruptible`) a key. Keys stay queued for the next question."""
+        if not text.strip() or self._stop.is_set():
             return
+        if interruptible and self._keys.pending():
+            return  # the caller typed ahead: skip straight to what they are answering
+        self._interruptible = interruptible
+        try:
+            self._play(text)
+        finally:
+            self._interruptible = False
+
+    def _play(self, text: str) -> None:
         self._playout.mark_prompt_start()
         resampler = Resampler(self._tts.sample_rate, CALL_RATE)
-        first_audio_pending = self._pending is not None
         for chunk in self._tts.synthesize(text, self._config.tts_voice):
-            if not self._playout.write(resampler.process(chunk), cancel=self._ended):
+            if not self._playout.write(resampler.process(chunk), cancel=self._stop):
                 return
-            if first_audio_pending and self._playout.first_read_at is not None:
-                self._flush_pending_turn(self._playout.first_read_at)
-                first_audio_pending = False
-        self._playout.write(resampler.flush(), cancel=self._ended)
+            if self._interrupted_by_key():
+                return
+            self._publish_turn_once_heard()
+        self._playout.write(resampler.flush(), cancel=self._stop)
         self._playout.end_of_prompt()
-        while not self._playout.wait_drained(timeout=_POLL_S, cancel=self._ended):
-            if self._ended.is_set():
+        while not self._playout.wait_drained(timeout=_POLL_S, cancel=self._stop):
+            if self._stop.is_set() or self._playout.closed or self._interrupted_by_key():
                 return
-            if first_audio_pending and self._playout.first_read_at is not None:
-                self._flush_pending_turn(self._playout.first_read_at)
-                first_audio_pending = False
-        if first_audio_pending:
+            self._publish_turn_once_heard()
+        if self._pending is not None:
             self._flush_pending_turn(self._playout.first_read_at)
 
-    def _listen(self, ask: Ask, step: str) -> AsrResult | None:
-        """Collect one utterance; None when the caller said nothing before the no-input timer."""
-        endpointer = Endpointer(self._config.endpointer, sample_rate=CALL_RATE)
-        no_input_ms = ask.no_input_ms or self._config.no_input_ms
-        stream: AsrStream | None = None
-        resampler = (
-            Resampler(CALL_RATE, self._asr.sample_rate)
-            if self._asr.sample_rate != CALL_RATE
-            else None
-        )
-        self._drain_inbound()
+    def _interrupted_by_key(self) -> bool:
+        if self._interruptible and self._keys.pending():
+            self._playout.clear()
+            return True
+        return False
+
+    def _publish_turn_once_heard(self) -> None:
+        """The pending turn's reply has started playing: its latency is known now."""
+        if self._pending is not None and self._playout.first_read_at is not None:
+            self._flush_pending_turn(self._playout.first_read_at)
+
+    @contextlib.contextmanager
+    def _hearing_the_caller(self) -> Iterator[None]:
+        """Let caller frames into the inbound queue (fresh: older audio is dropped) while the
+        block listens or records."""
+        self._listener.drain_frames()
         self._listening = True
-        deadline = time.monotonic() + no_input_ms / 1000
-        result: AsrResult | None = None
-        speech_end_at: float | None = None
         try:
-            while not self._ended.is_set():
-                try:
-                    frame = self._inbound.get(timeout=_POLL_S)
-                except queue.Empty:
-                    if stream is None and time.monotonic() > deadline:
-                        break
-                    continue
-                event = endpointer.process(frame)
-                if isinstance(event, SpeechStarted):
-                    stream = self._asr.open_stream(ask.options)
-                    stream.feed(resampler.process(event.pre_roll) if resampler else event.pre_roll)
-                elif stream is not None and endpointer.in_speech:
-                    stream.feed(resampler.process(frame) if resampler else frame)
-                if isinstance(event, SpeechEnded) and stream is not None:
-                    trailing_ms = (endpointer.frame_count - event.speech_end_at_frame) * FRAME_MS
-                    speech_end_at = time.time() - trailing_ms / 1000
-                    result = stream.finish()
-                    stream = None
-                    break
-                if stream is None and time.monotonic() > deadline:
-                    break
+            yield
         finally:
             self._listening = False
-            if stream is not None:
-                stream.close()
+
+    # ------------------------------------------------------------ listening
+
+    def _ask(self, ask: Ask) -> Heard:
+        self._speak(ask.prompt, ask.interruptible)
+        if self._stop.is_set():
+            return None
+        with self._hearing_the_caller():
+            answer = self._listener.collect(ask, ask.no_input_ms or self._config.no_input_ms)
         if self._ended.is_set():
             return None
-        self._pending = _PendingTurn(
+        self._note_turn(ask, answer)
+        return answer.heard
+
+    def _note_turn(self, ask: Ask, answer: Answer) -> None:
+        heard = answer.heard
+        if isinstance(heard, DtmfInput):
+            transcript, confidence, engine, grammar = heard.digits, 1.0, "dtmf", "dtmf"
+        elif heard is not None:
+            transcript, confidence, engine = heard.text, heard.confidence, heard.engine
+            grammar = _grammar_label(ask.options)
+        else:
+            transcript, confidence, engine, grammar = "", 0.0, self._asr.name, None
+        if ask.sensitive and transcript:
+            transcript = REDACTED
+        self._flush_pending_turn(first_audio_at=None)
+        self._pending = TurnCompleted(
+            call_id=self.call_id,
             index=self._turn_index,
-            step=step,
+            step=ask.step,
             prompt=ask.prompt,
-            result=result,
-            grammar=_grammar_label(ask.options),
-            speech_end_at=speech_end_at,
-            asr_final_at=time.time() if result is not None else None,
+            transcript=transcript,
+            confidence=confidence,
+            engine=engine,
+            grammar=grammar,
+            speech_end_at=answer.speech_end_at,
+            asr_final_at=answer.asr_final_at or (time.time() if heard is not None else None),
+            first_audio_at=None,
         )
         self._turn_index += 1
-        return result
 
-    def _drain_inbound(self) -> None:
-        while True:
-            try:
-                self._inbound.get_nowait()
-            except queue.Empty:
-                return
+    def _record(self, record: Record) -> Recording:
+        self._speak(record.prompt, interruptible=False)
+        if self._stop.is_set():
+            return Recording("", 0, "hangup")
+        self._keys.clear()
+        path = self._config.recordings_dir / _safe_name(self.call_id) / record.path
+        with self._hearing_the_caller():
+            return self._listener.record(path, record.max_ms, record.silence_ms, record.no_input_ms)
+
+    # ------------------------------------------------------------ the outside world
+
+    def _call_webhook(self, action: CallWebhook) -> WebhookResponse:
+        client = self._services.webhooks
+        if client is None:
+            return WebhookResponse(ok=False, status=None, error="webhooks are not enabled")
+        return client.call(action.request, cancel=self._stop)
+
+    def _ask_llm(self, action: AskLlm) -> ChatReply:
+        client = self._services.chat
+        if client is None:
+            return ChatReply(ok=False, error="LLM steps are not enabled")
+        return client.complete(action.request, cancel=self._stop)
+
+    def _transfer(self, action: Transfer) -> TransferOutcome:
+        self._speak(action.prompt, interruptible=False)
+        if self._stop.is_set():
+            return TransferOutcome(ok=False, error="caller hung up")
+        transfer = self._services.transfer
+        if transfer is None:
+            return TransferOutcome(ok=False, error="transfer is not available on this call")
+        outcome = transfer(action.target, action.fallback, action.timeout_s)
+        self.transferred = outcome.ok
+        return outcome
+
+    # ------------------------------------------------------------ records
+
+    def _publish_variable(self, step: str, name: str, value: str) -> None:
+        self._bus.publish(VariableSet(self.call_id, step, name, value, time.time()))
+
+    def _publish_outcome(self, outcome: StepOutcome) -> None:
+        self._bus.publish(
+            StepResult(
+                self.call_id, outcome.step, outcome.kind, outcome.ok, outcome.detail, time.time()
+            )
+        )
 
     def _flush_pending_turn(self, first_audio_at: float | None) -> None:
         turn, self._pending = self._pending, None
         if turn is None:
             return
-        result = turn.result
-        self._bus.publish(
-            TurnCompleted(
-                call_id=self.call_id,
-                index=turn.index,
-                step=turn.step,
-                prompt=turn.prompt,
-                transcript=result.text if result else "",
-                confidence=result.confidence if result else 0.0,
-                engine=result.engine if result else self._asr.name,
-                grammar=turn.grammar,
-                speech_end_at=turn.speech_end_at,
-                asr_final_at=turn.asr_final_at,
-                first_audio_at=first_audio_at,
-            )
-        )
+        self._bus.publish(dataclasses.replace(turn, first_audio_at=first_audio_at))
 
 
 def _grammar_label(options: RecognitionOptions) -> str | None:
     if options.grammar:
         return options.grammar
+    if options.jsgf:
+        return "jsgf"
     if options.phrases:
         return "phrases:" + "|".join(options.phrases)
     return None
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _safe_name(call_id: str) -> str:
+    """A SIP Call-ID as a folder name: no slashes, no dot-dot, bounded length."""
+    return _UNSAFE.sub("_", call_id).strip("._")[:120] or "call"
