@@ -2,9 +2,15 @@
 
 Every pjsua2 call happens on that thread: the thread that creates the endpoint is registered
 with PJSIP, and other threads (call workers, signal handlers) ask for work through `post()`.
-PJSIP's own media clock thread only touches `CallAudioPort`. Call and port objects stay
-referenced until PJSIP is done with them and the call's worker has finished; only then does the
-loop drop them, so no callback ever reaches a freed object.
+PJSIP's own media threads only touch `CallAudioPort` and report RFC 2833 keys, which go
+straight to the call core's non-blocking `push_dtmf`. Call and port objects stay referenced
+until PJSIP is done with them and the call's worker has finished (and, after a bridged
+transfer, the outbound leg has ended too); only then does the loop drop them, so no callback
+ever reaches a freed object.
+
+A call core may transfer its call (`CallContext.transfer`, blocking, see `app.sip.transfer`);
+after a successful transfer the agent owns the call: it hangs up a REFERred caller, and keeps
+a bridged one until either leg ends.
 """
 
 from __future__ import annotations
@@ -22,11 +28,16 @@ import pjsua2 as pj
 
 from app.call.events import CallEnded, EventBus
 from app.config import SipConfig
+from app.dialog.actions import TransferOutcome
 from app.media.audio import CALL_RATE, FRAME_MS
+from app.sip import native
 from app.sip.admission import Admission, Decision
 from app.sip.call import CallRecord, SipCall
-from app.sip.port import CallAudioPort, FrameSink, pcm_port_format
+from app.sip.dtmf import normalize_key
+from app.sip.info import on_info_transaction
+from app.sip.port import FrameSink, PortPool
 from app.sip.sdp import parse_request
+from app.sip.transfer import CallTransfer
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +50,30 @@ class SipAgentError(RuntimeError):
     """The SIP stack could not start (port in use, bad bind address, ...)."""
 
 
+TransferFunction = Callable[[str, str, float], TransferOutcome]
+"""`transfer(target_uri, fallback, timeout_s)`: see `CallContext.transfer`."""
+
+
+def _transfer_unavailable(target: str, fallback: str, timeout_s: float) -> TransferOutcome:
+    return TransferOutcome(ok=False, error="transfer is not available for this call")
+
+
 @dataclass(frozen=True, slots=True)
 class CallContext:
-    """What a new call's core needs to know about it."""
+    """What a new call's core needs to know about it, and what it may ask of the agent.
+
+    `request_hangup()` returns at once (the hang-up happens on the SIP loop).
+
+    `transfer(target_uri, fallback, timeout_s)` BLOCKS the calling thread (the call's worker;
+    never the SIP loop) until the transfer is decided, at most about `timeout_s` + 2 s:
+    REFER to `target_uri` (e.g. "sip:agent@pbx.example.com"); if the caller's side rejects it,
+    does not answer it within 8 s, or reports the transfer failed, then with fallback
+    "bridge" the server calls the target itself and bridges the two calls, with "none" it
+    gives up. Returns `TransferOutcome(ok=True, method="refer"|"bridge", status)` or
+    `TransferOutcome(ok=False, status, error)` (e.g. status 603, "REFER rejected: 603
+    Decline"; "caller hung up"). After ok=True the agent owns the call (the core must not
+    request a hang-up); after ok=False the call is as it was, the bot still connected.
+    """
 
     call_id: str
     from_uri: str
@@ -49,6 +81,7 @@ class CallContext:
     dialled: str
     dialplan: str
     request_hangup: Callable[[], None]
+    transfer: TransferFunction = _transfer_unavailable
 
 
 class CallHandle(FrameSink, Protocol):
@@ -59,6 +92,13 @@ class CallHandle(FrameSink, Protocol):
     def caller_hung_up(self) -> None: ...
 
     def is_alive(self) -> bool: ...
+
+    def push_dtmf(self, digit: str) -> None:
+        """A key the caller pressed, one of "0123456789*#ABCD", once per press, in order.
+
+        Must not block: it is called from PJSIP's media thread (RFC 2833) or the SIP loop
+        (SIP INFO), possibly before `start()`.
+        """
 
 
 SessionFactory = Callable[[CallContext], CallHandle]
@@ -114,6 +154,7 @@ class SipAgent:
         self._account: _Account | None = None
         self._log_writer: _PjLogWriter | None = None
         self._drain_deadline = 0.0
+        self._ports = PortPool()
 
     # ----------------------------------------------------------------- lifecycle (any thread)
 
@@ -167,6 +208,7 @@ class SipAgent:
             while True:
                 self._endpoint.libHandleEvents(_LOOP_POLL_MS)
                 self._run_commands()
+                self._tick_transfers()
                 self._reap_finished_calls()
                 if self._stop_requested.is_set():
                     if not hung_up_all:
@@ -188,7 +230,8 @@ class SipAgent:
         ep_cfg = pj.EpConfig()
         ep_cfg.uaConfig.threadCnt = 0  # events are polled by this loop thread alone
         ep_cfg.uaConfig.mainThreadOnly = False
-        ep_cfg.uaConfig.maxCalls = cfg.max_calls + max(8, cfg.max_calls // 4)  # room to reject
+        # room to reject, and for the outbound legs of bridged transfers
+        ep_cfg.uaConfig.maxCalls = 2 * cfg.max_calls + max(8, cfg.max_calls // 4)
         ep_cfg.uaConfig.userAgent = cfg.user_agent
         med = ep_cfg.medConfig
         med.clockRate = CALL_RATE
@@ -204,6 +247,14 @@ class SipAgent:
         ep_cfg.logConfig.msgLogging = self._pjsip_log_level >= 4
         ep_cfg.logConfig.decor = 0
         ep.libInit(ep_cfg)
+        pj_max_calls = native.max_calls()
+        if pj_max_calls is not None and pj_max_calls < cfg.max_calls:
+            log.warning(
+                "PJSIP holds at most %d calls at once (PJSUA_MAX_CALLS of this pjsua2 build), "
+                "fewer than sip.max_calls=%d: calls beyond that are refused by PJSIP",
+                pj_max_calls,
+                cfg.max_calls,
+            )
 
         bound = "" if cfg.bind in ("", "0.0.0.0") else cfg.bind
         for kind, port in (
@@ -253,10 +304,14 @@ class SipAgent:
         )
 
     def _destroy_endpoint(self) -> None:
+        for call in list(self._calls.values()):
+            self._drop_transfer(call, "SIP agent stopped")
         with self._lock:
             self._calls.clear()
         self._account = None
         if self._endpoint is not None:
+            endpoint = self._endpoint
+            self._ports.close(lambda: endpoint.libHandleEvents(_LOOP_POLL_MS))
             try:
                 self._endpoint.libDestroy()
             except Exception:
@@ -278,22 +333,47 @@ class SipAgent:
         for call in list(self._calls.values()):
             if call.record is not None and not call.record.disconnected:
                 self._hangup(call, by="system")
+            if call.transfer is not None:
+                call.transfer.hangup_leg()
+
+    def _tick_transfers(self) -> None:
+        now = time.monotonic()
+        for call in list(self._calls.values()):
+            if call.transfer is not None and call.transfer.outcome is None:
+                call.transfer.tick(now)
 
     def _reap_finished_calls(self) -> None:
-        """Drop disconnected calls once their worker has ended (PJSIP no longer uses them)."""
+        """Drop disconnected calls once their worker has ended and their transfer's outbound
+        leg is gone too (PJSIP no longer uses any of them)."""
         done = [
             key
             for key, call in self._calls.items()
             if call.record is None
-            or (call.record.disconnected and (call.handle is None or not call.handle.is_alive()))
+            or (
+                call.record.disconnected
+                and (call.handle is None or not call.handle.is_alive())
+                and (call.transfer is None or call.transfer.finished)
+            )
         ]
         if not done:
             return
         with self._lock:
             for key in done:
                 call = self._calls.pop(key)
-                call.port = None  # its destructor unregisters it from the bridge, on this thread
+                if call.port is not None:
+                    self._ports.release(call.port, call.record.call_id if call.record else "")
+                call.port = None
                 call.handle = None
+                self._drop_transfer(call)  # and with it the outbound leg, if there was one
+
+    @staticmethod
+    def _drop_transfer(call: SipCall, reason: str = "") -> None:
+        """Release a call's transfer (and its outbound leg) now, on the loop thread."""
+        transfer, call.transfer = call.transfer, None
+        if transfer is not None:
+            if reason:
+                transfer.abandon(reason)
+            transfer.release()
 
     # ----------------------------------------------------------------- PJSIP callbacks (loop)
 
@@ -330,6 +410,9 @@ class SipAgent:
             dialled=record.dialled,
             dialplan=decision.dialplan or "",
             request_hangup=lambda key=prm.callId: self.post(lambda: self._hangup_key(key)),
+            transfer=lambda target, fallback, timeout_s, key=prm.callId: self._transfer(
+                key, target, fallback, timeout_s
+            ),
         )
         try:
             call.handle = self._session_factory(context)
@@ -384,14 +467,16 @@ class SipAgent:
     def on_call_media_state(self, call: SipCall) -> None:
         if call.handle is None or call.record is None:
             return
+        if call.transfer is not None and call.transfer.on_caller_media():
+            return  # bridged to a transfer target: the bot's port stays out
         info = call.getInfo()
         for index, media in enumerate(info.media):
             if media.type != pj.PJMEDIA_TYPE_AUDIO or media.status != pj.PJSUA_CALL_MEDIA_ACTIVE:
                 continue
             audio = call.getAudioMedia(index)
             if call.port is None:
-                call.port = CallAudioPort(call.handle)
-                call.port.createPort(f"call{info.id}", pcm_port_format())
+                call.port = self._ports.acquire(call.handle)
+                log.debug("call %s: audio port %s", call.record.call_id, call.port.name)
             audio.startTransmit(call.port)
             call.port.startTransmit(audio)
             call.record.codec = call.getStreamInfo(index).codecName
@@ -411,6 +496,8 @@ class SipAgent:
             record.disconnected = True
             if record.rejected:
                 return
+            if call.transfer is not None:
+                call.transfer.on_caller_disconnected()  # may set hangup_by="transfer"
             if not record.hangup_by:
                 record.hangup_by = "caller"
             if call.handle is not None:
@@ -426,7 +513,76 @@ class SipAgent:
                     record.hangup_by,
                 )
             )
-            log.info("call %s ended (%s, by %s)", record.call_id, cause, record.hangup_by)
+            extras = "".join(f", {key} {value}" for key, value in record.extras.items())
+            log.info("call %s ended (%s, by %s%s)", record.call_id, cause, record.hangup_by, extras)
+            if call.info_refusals > 1:
+                log.info("call %s: %d INFO requests refused", record.call_id, call.info_refusals)
+
+    # ----------------------------------------------------------------- DTMF
+
+    def on_dtmf_digit(self, call: SipCall, digit: str, via: str) -> None:
+        """A key from the caller. Any thread: PJSIP reports RFC 2833 keys on its media thread,
+        so this touches no pjsua2 object, only the call core's non-blocking `push_dtmf`."""
+        record, handle, transfer = call.record, call.handle, call.transfer
+        if record is None or handle is None or record.disconnected:
+            return
+        key = normalize_key(digit)
+        if key is None:
+            log.debug("call %s: ignored DTMF event %r (%s)", record.call_id, digit, via)
+            return
+        if transfer is not None and transfer.bridged:
+            transfer.relay_dtmf(key, to_target=True)
+            return
+        if transfer is not None and transfer.succeeded:
+            return  # transferred: the call core is done with this call
+        log.debug("call %s: DTMF %s (%s)", record.call_id, key, via)
+        handle.push_dtmf(key)
+
+    def on_call_tsx_state(self, call: SipCall, prm: pj.OnCallTsxStateParam) -> None:
+        """In-dialog transactions: INFO requests (DTMF PJSIP leaves to us) and our REFER."""
+        event = prm.e
+        if event.type != pj.PJSIP_EVENT_TSX_STATE or call.record is None:
+            return
+        tsx_event = event.body.tsxState
+        tsx = tsx_event.tsx
+        if tsx.method == "INFO" and tsx.role == pj.PJSIP_ROLE_UAS:
+            on_info_transaction(call, tsx_event, self.on_dtmf_digit)
+        elif (
+            tsx.method == "REFER"
+            and tsx.role == pj.PJSIP_ROLE_UAC
+            and tsx.statusCode >= 200
+            and call.transfer is not None
+        ):
+            call.transfer.on_refer_response(tsx.statusCode)
+
+    # ----------------------------------------------------------------- transfers
+
+    def _transfer(self, key: int, target: str, fallback: str, timeout_s: float) -> TransferOutcome:
+        """`CallContext.transfer` for the call PJSIP knows as `key` (worker thread, blocks)."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("transfer() blocks: call it from the call's worker thread")
+        transfer = CallTransfer(target, fallback, timeout_s, hangup=self._hangup, post=self.post)
+        if self._stop_requested.is_set() or self._stopped.is_set():
+            return TransferOutcome(ok=False, error="SIP agent stopping")
+        self.post(lambda: self._begin_transfer(key, transfer))
+        return transfer.wait()
+
+    def _begin_transfer(self, key: int, transfer: CallTransfer) -> None:
+        call = self._calls.get(key)
+        if call is None or call.record is None or call.record.disconnected:
+            transfer.fail_early("caller hung up")
+            return
+        previous = call.transfer
+        if previous is not None and (previous.outcome is None or not previous.finished):
+            transfer.fail_early("another transfer of this call is still in progress")
+            return
+        if previous is not None and previous.succeeded:
+            transfer.fail_early("the call was already transferred")
+            return
+        if previous is not None:
+            previous.release()  # its finished leg goes now, on this thread
+        call.transfer = transfer
+        transfer.start(call, self._account)
 
     # ----------------------------------------------------------------- hangups (loop)
 

@@ -17,6 +17,7 @@ from app.call.events import CallStarted
 if TYPE_CHECKING:
     from app.sip.agent import CallHandle, SipAgent
     from app.sip.port import CallAudioPort
+    from app.sip.transfer import CallTransfer
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ class CallRecord:
 
 
 class SipCall(pj.Call):
-    """Owns, for as long as PJSIP may use them, the call's audio port and core handle."""
+    """Owns, for as long as PJSIP may use them, the call's audio port, core handle and
+    transfer (which holds the outbound leg of a bridged transfer)."""
 
     def __init__(self, account: pj.Account, pj_call_id: int, agent: SipAgent) -> None:
         super().__init__(account, pj_call_id)
@@ -62,6 +64,10 @@ class SipCall(pj.Call):
         self.record: CallRecord | None = None
         self.handle: CallHandle | None = None
         self.port: CallAudioPort | None = None
+        self.transfer: CallTransfer | None = None
+        self.last_info = ""
+        """Content type and start of the body of the INFO being processed (for its log)."""
+        self.info_refusals = 0
 
     def onCallState(self, prm: pj.OnCallStateParam) -> None:
         try:
@@ -74,3 +80,24 @@ class SipCall(pj.Call):
             self.agent.on_call_media_state(self)
         except Exception:
             log.exception("call media handling failed")
+
+    def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:
+        """A key: RFC 2833 (on PJSIP's media thread) or SIP INFO dtmf-relay (loop thread)."""
+        try:
+            via = "info" if prm.method == pj.PJSUA_DTMF_METHOD_SIP_INFO else "rfc2833"
+            self.agent.on_dtmf_digit(self, prm.digit, via)
+        except Exception:
+            log.exception("DTMF handling failed")
+
+    def onCallTsxState(self, prm: pj.OnCallTsxStateParam) -> None:
+        try:
+            self.agent.on_call_tsx_state(self, prm)
+        except Exception:
+            log.exception("call transaction handling failed")
+
+    def onCallTransferStatus(self, prm: pj.OnCallTransferStatusParam) -> None:
+        try:
+            if self.transfer is not None:
+                self.transfer.on_transfer_status(prm.statusCode, prm.reason, prm.finalNotify)
+        except Exception:
+            log.exception("transfer status handling failed")

@@ -1,19 +1,32 @@
-"""The audio port between PJSIP's conference bridge and one call's core.
+"""The audio ports between PJSIP's conference bridge and the calls' cores.
 
-PJSIP calls these two methods from its media clock thread every 20 ms. They must never block,
-log or raise: a Python exception escaping a SWIG director callback aborts the process. So each
-one does a fixed amount of work (copy one frame, hand it over) and swallows surprises into a
-counter that the call reports when it ends.
+PJSIP calls `onFrameReceived`/`onFrameRequested` from its media clock thread every 20 ms. They
+must never block, log or raise: a Python exception escaping a SWIG director callback aborts the
+process. So each one does a fixed amount of work (copy one frame, hand it over) and swallows
+surprises into a counter that the agent reports when the call ends.
+
+Ports are pooled and reused, never destroyed while the media clock runs. PJSIP 2.15's bridge
+removes a port asynchronously (on its next clock tick), but pjsua2's `AudioMediaPort`
+destructor frees the port at once (fixed upstream after 2.15.1, pjproject#4200): dropping a
+port at the end of a call let the clock thread call into a half-destroyed object and crashed
+the server. A released port is simply given an idle sink; at shutdown `PortPool.close` has
+the bridge remove every port, waits until it has, and only then lets the objects go.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from typing import Protocol
 
 import pjsua2 as pj
 
 from app.media.audio import CALL_RATE, FRAME_MS, SAMPLE_WIDTH, frame_bytes
+from app.sip import native
 from app.sip.bytevector import byte_vector_to_bytes
+
+log = logging.getLogger(__name__)
 
 
 class FrameSink(Protocol):
@@ -24,6 +37,19 @@ class FrameSink(Protocol):
 
     def pull_frame(self) -> bytes | None:
         """Give one 20 ms frame of bot audio, or None for silence, without blocking."""
+
+
+class _IdleSink:
+    """The sink of a port no call holds: drops what it hears, says nothing."""
+
+    def push_frame(self, pcm: bytes) -> None:
+        pass
+
+    def pull_frame(self) -> bytes | None:
+        return None
+
+
+IDLE_SINK: FrameSink = _IdleSink()
 
 
 def pcm_port_format(rate: int = CALL_RATE) -> pj.MediaFormatAudio:
@@ -38,17 +64,31 @@ def pcm_port_format(rate: int = CALL_RATE) -> pj.MediaFormatAudio:
 
 
 class CallAudioPort(pj.AudioMediaPort):
-    """Moves frames between the bridge and a `FrameSink`; counts what it had to drop."""
+    """Moves frames between the bridge and a `FrameSink`; counts what it had to drop.
 
-    def __init__(self, sink: FrameSink, rate: int = CALL_RATE) -> None:
+    The sink is swapped with one attribute store (atomic under the GIL), so the clock thread
+    sees either the old call's sink or the new one, never a half-set port.
+    """
+
+    def __init__(self, sink: FrameSink = IDLE_SINK, rate: int = CALL_RATE) -> None:
         super().__init__()
         self._sink = sink
         self._frame_size = frame_bytes(rate)
         self._silence = pj.ByteVector(bytes(self._frame_size))
+        self.name = ""
         self.frames_in = 0
         self.frames_out = 0
         self.bad_frames = 0
         self.callback_errors = 0
+
+    def attach(self, sink: FrameSink) -> None:
+        """Serve a new call: counters start from zero."""
+        self.frames_in = self.frames_out = self.bad_frames = self.callback_errors = 0
+        self._sink = sink
+
+    def detach(self) -> None:
+        """Stop serving the call: frames go nowhere, silence comes out."""
+        self._sink = IDLE_SINK
 
     def onFrameReceived(self, frame: pj.MediaFrame) -> None:
         try:
@@ -75,3 +115,78 @@ class CallAudioPort(pj.AudioMediaPort):
             frame.size = self._frame_size
         except Exception:
             self.callback_errors += 1
+
+
+class PortPool:
+    """Bridge ports for calls: created on demand, reused, destroyed only by `close`.
+
+    Loop thread only (it calls pjsua2). The pool grows to the most calls ever up at once.
+    """
+
+    def __init__(self, rate: int = CALL_RATE) -> None:
+        self._rate = rate
+        self._idle: list[CallAudioPort] = []
+        self._all: list[CallAudioPort] = []
+
+    def acquire(self, sink: FrameSink) -> CallAudioPort:
+        """A port in the bridge, attached to `sink`."""
+        if self._idle:
+            port = self._idle.pop()
+        else:
+            port = CallAudioPort(rate=self._rate)
+            port.name = f"switchboard{len(self._all)}"
+            port.createPort(port.name, pcm_port_format(self._rate))
+            self._all.append(port)
+        port.attach(sink)
+        return port
+
+    def release(self, port: CallAudioPort, call_id: str = "") -> None:
+        """Take `port` back (its call's media is gone); report what it had to drop."""
+        if port.bad_frames or port.callback_errors:
+            log.warning(
+                "call %s: %d malformed frames, %d media callback errors",
+                call_id,
+                port.bad_frames,
+                port.callback_errors,
+            )
+        port.detach()
+        if port not in self._idle:
+            self._idle.append(port)
+
+    def close(self, pump: Callable[[], None], timeout_s: float = 2.0) -> None:
+        """Have the bridge remove every port, wait until it has, then let them go.
+
+        `pump` runs PJSIP's event loop a little (the bridge works through its queue on the
+        media clock). If the removal cannot be asked for or does not finish, the ports are
+        kept for the life of the process rather than freed under the clock thread.
+        """
+        if not self._all:
+            return
+        for port in self._all:
+            port.detach()
+        slots = [port.getPortId() for port in self._all]
+        if not all(native.remove_conf_port(slot) for slot in slots):
+            log.warning("could not remove audio ports from the bridge; keeping them")
+            _KEPT.extend(self._all)
+        else:
+            deadline = time.monotonic() + timeout_s
+            while any(_in_bridge(slot) for slot in slots):
+                if time.monotonic() > deadline:
+                    log.warning("the bridge did not release its audio ports; keeping them")
+                    _KEPT.extend(self._all)
+                    break
+                pump()
+        self._idle.clear()
+        self._all.clear()
+
+
+_KEPT: list[CallAudioPort] = []
+"""Ports that could not be safely destroyed: leaked on purpose rather than crash."""
+
+
+def _in_bridge(slot: int) -> bool:
+    try:
+        pj.AudioMedia.getPortInfoFromId(slot)
+    except pj.Error:
+        return False
+    return True

@@ -1,10 +1,14 @@
-"""baresip as a caller that speaks a WAV file and records what it hears.
+"""baresip as a caller that speaks a WAV file and records what it hears, or as a phone that
+answers (a transfer target, `start_baresip_target`) and records what it hears.
 
 sipp cannot record received RTP, so for "what did the caller hear" we run baresip 1.0.0
 headless with a generated config dir: `aufile` plays the caller's speech, the `sndfile` audio
 filter dumps the decoded received audio (and the encoded sent audio) as WAV files into the
 workdir, `aubridge` is a do-nothing player (baresip needs one to start the receive path),
 and `ctrl_tcp` lets us dial, hang up and quit, and tells us about call events as JSON.
+
+baresip 1.0.0 follows a REFER by itself: it answers 202, calls the Refer-To target as a second
+call and reports the outcome in NOTIFYs.
 
 The received dump is written as RTP arrives (after baresip's jitter buffer, before any
 player), so it is the bot's audio with no clock-driven gaps. aufile closes the call when its
@@ -150,7 +154,16 @@ class _Control:
         self.sock.close()
 
 
-def _write_config(workdir: Path, speech: Path, codec: Codec, transport: str) -> tuple[Path, int]:
+def _write_config(
+    workdir: Path,
+    speech: Path,
+    codec: Codec,
+    transport: str,
+    *,
+    answermode: str = "manual",
+    user: str = "harness",
+) -> tuple[Path, int, int]:
+    """Config dir for one baresip: (config dir, ctrl_tcp port, SIP port)."""
     cfg = workdir / "baresip"
     cfg.mkdir(exist_ok=True)
     snd = workdir / "audio"
@@ -161,11 +174,12 @@ def _write_config(workdir: Path, speech: Path, codec: Codec, transport: str) -> 
         if any(c in str(path) for c in " ,;\t"):
             raise ValueError(f"baresip config cannot hold the path {path}: no spaces/commas")
     control_port = free_port(udp=False)
+    sip_port = free_port()
     rtp = free_udp_block(4)
     settings = {
         "poll_method": "epoll",
         "net_interface": HOST,
-        "sip_listen": f"{HOST}:{free_port()}",
+        "sip_listen": f"{HOST}:{sip_port}",
         "call_local_timeout": "30",
         "call_max_calls": "1",
         "audio_player": "aubridge,harness_sink",
@@ -193,11 +207,13 @@ def _write_config(workdir: Path, speech: Path, codec: Codec, transport: str) -> 
     lines = [f"{key}\t{value}" for key, value in settings.items()]
     lines += [f"{key}\t{value}" for key, value in modules]
     (cfg / "config").write_text("\n".join(lines) + "\n")
-    uri = f"sip:harness@{HOST}" + (";transport=tcp" if transport == "tcp" else "")
-    account = f"<{uri}>;regint=0;audio_codecs={codec.encoding_name};answermode=manual;ptime=20"
+    uri = f"sip:{user}@{HOST}" + (";transport=tcp" if transport == "tcp" else "")
+    account = (
+        f"<{uri}>;regint=0;audio_codecs={codec.encoding_name};answermode={answermode};ptime=20"
+    )
     (cfg / "accounts").write_text(account + "\n")
     (cfg / "contacts").write_text("")
-    return cfg, control_port
+    return cfg, control_port, sip_port
 
 
 def _padded_speech(speech_wav: Path, workdir: Path, min_s: float) -> Path:
@@ -235,6 +251,10 @@ def run_baresip_call(
     answer on, and hang up after `duration_s` unless the server hangs up first (or after
     `answer_timeout_s` if the call is not answered by then).
 
+    When the server transfers the call by REFER, baresip calls the target by itself; the
+    result is about the first call, which ends when the server hangs up after the transfer,
+    and quitting then ends the call to the target too.
+
     The process always ends: quit, then SIGTERM/SIGKILL to its process group.
     """
     if shutil.which(BARESIP) is None:
@@ -242,7 +262,7 @@ def run_baresip_call(
     law = Codec.from_name(codec)
     workdir.mkdir(parents=True, exist_ok=True)
     speech = _padded_speech(speech_wav, workdir, duration_s + answer_timeout_s + 30)
-    cfg, control_port = _write_config(workdir, speech, law, transport)
+    cfg, control_port, _ = _write_config(workdir, speech, law, transport)
     log_path = workdir / "baresip.log"
     started = time.monotonic()
     with log_path.open("wb") as log:
@@ -310,3 +330,97 @@ def _readable_log(path: Path) -> str:
     text = path.read_bytes().decode(errors="replace")
     text = _ANSI.sub("", _STATUS_LINE.sub("", text))
     return "\n".join(line for line in text.replace("\r", "\n").split("\n") if line.strip())
+
+
+class BaresipTarget:
+    """A running baresip that answers calls at once and records what it hears (the other end
+    of a bridged transfer). Start it with `start_baresip_target`; `stop()` always ends it."""
+
+    def __init__(
+        self, proc: subprocess.Popen[bytes], control: _Control, port: int, workdir: Path
+    ) -> None:
+        self.proc = proc
+        self.port = port
+        self.workdir = workdir
+        self.log_path = workdir / "baresip.log"
+        self.events: list[dict] = []
+        self._control = control
+        self._started = time.monotonic()
+
+    @property
+    def uri(self) -> str:
+        """Where to send the call (baresip only answers its own user part, "target")."""
+        return f"sip:target@{HOST}:{self.port}"
+
+    def wait_event(self, kind: str, timeout_s: float) -> dict | None:
+        """The first ctrl_tcp event of type `kind` (e.g. CALL_ESTABLISHED, CALL_CLOSED), seen
+        before or within `timeout_s`; None if none came."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for event in self.events:
+                if event.get("type") == kind:
+                    return event
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            try:
+                message = self._control.receive(remaining)
+            except (OSError, ValueError):
+                return None
+            if message is not None and message.get("event"):
+                self.events.append(message)
+
+    def stop(self) -> BaresipResult:
+        """Quit baresip and return what happened (received audio in `received_wav`)."""
+        closed = next((e for e in self.events if e.get("type") == "CALL_CLOSED"), None)
+        with contextlib.suppress(OSError):
+            self._control.send("quit")
+        self._control.close()
+        _stop(self.proc)
+        dumps = self.workdir / "audio"
+        return BaresipResult(
+            established=any(e.get("type") == "CALL_ESTABLISHED" for e in self.events),
+            closed_by="remote" if closed is not None else None,
+            close_reason=str(closed.get("param", "")) if closed is not None else "",
+            received_wav=next(iter(sorted(dumps.glob("dump-*-dec.wav"))), None),
+            sent_wav=next(iter(sorted(dumps.glob("dump-*-enc.wav"))), None),
+            log=_readable_log(self.log_path),
+            log_path=self.log_path,
+            returncode=self.proc.returncode,
+            duration_s=time.monotonic() - self._started,
+            events=list(self.events),
+        )
+
+
+def start_baresip_target(
+    workdir: Path, codec: str = "PCMU", *, speech_wav: Path | None = None, max_s: float = 60.0
+) -> BaresipTarget:
+    """Start baresip listening on a free loopback port, answering every call at once
+    (answermode=auto) and speaking `speech_wav` (default: silence) for at most `max_s`.
+
+    Use it as a transfer target whose ears we can check: `stop().received_pcm()`.
+    """
+    if shutil.which(BARESIP) is None:
+        raise FileNotFoundError("baresip not found: install the 'baresip' package")
+    law = Codec.from_name(codec)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if speech_wav is None:
+        speech_wav = write_wav(workdir / "silence.wav", silence(100), CALL_RATE)
+    speech = _padded_speech(speech_wav, workdir, max_s)
+    cfg, control_port, sip_port = _write_config(
+        workdir, speech, law, "udp", answermode="auto", user="target"
+    )
+    with (workdir / "baresip.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [BARESIP, "-f", str(cfg), "-s"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        control = _Control(control_port, time.monotonic() + CONNECT_TIMEOUT_S, proc)
+    except Exception:
+        _stop(proc)
+        raise
+    return BaresipTarget(proc, control, sip_port, workdir)

@@ -5,6 +5,11 @@ pauses, expected status) are filled in here and optional `<!-- BEGIN x -->...<!-
 blocks are kept or dropped, because sipp reads `play_pcap_audio` paths and expected statuses
 when it loads the file, not per call. Pass/fail is sipp's exit code (0: the call followed the
 scenario); the result also carries what was seen on the wire and the log paths for messages.
+
+Callers: `speech_call`, `expect_status`, `hangup_early`; `dtmf_call` (speech with RFC 4733 keys
+in its RTP, and SIP INFO keys at given times); `transfer_call` (answers the bot's REFER as the
+test needs). The other end of a transfer is `tests.sip.target` (sipp) or
+`tests.sip.baresip.start_baresip_target` (records what it hears).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from tests.sip.ports import HOST, free_port, free_udp_block
+from tests.sip.rtp_pcap import write_rtp_pcap
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 SIPP = "sipp"
@@ -47,6 +53,8 @@ class SippResult:
     scenario_file: Path
     message_log: Path
     error_log: Path
+    action_log: Path | None = None
+    """Where the scenario's `<log>` actions wrote (e.g. "REFER-TO sip:..." in uac_refer)."""
     responses: list[int] = field(default_factory=list)
     requests_received: list[str] = field(default_factory=list)
     requests_sent: list[str] = field(default_factory=list)
@@ -54,6 +62,12 @@ class SippResult:
     @property
     def ok(self) -> bool:
         return self.returncode == 0 and not self.timed_out
+
+    def logged(self) -> list[str]:
+        """The lines the scenario's `<log>` actions wrote."""
+        if self.action_log is None or not self.action_log.exists():
+            return []
+        return self.action_log.read_text(errors="replace").splitlines()
 
     def describe(self) -> str:
         """A failure message for assertions: exit code, wire summary, sipp's own errors."""
@@ -70,9 +84,14 @@ class SippResult:
 def render_scenario(
     name: str, workdir: Path, values: dict[str, object], blocks: set[str] = frozenset()
 ) -> Path:
-    """Fill a scenario template into `workdir`: placeholders from `values`, keep `blocks`."""
-    template = (SCENARIOS / f"{name}.xml").read_text()
-    text = _BLOCK.sub(lambda m: m.group(2) if m.group(1) in blocks else "", template)
+    """Fill a scenario template into `workdir`: placeholders from `values`, keep `blocks`
+    (a block nested in another is kept only when both are)."""
+    text = (SCENARIOS / f"{name}.xml").read_text()
+    while True:  # again for blocks nested in kept ones
+        kept = _BLOCK.sub(lambda m: m.group(2) if m.group(1) in blocks else "", text)
+        if kept == text:
+            break
+        text = kept
 
     def fill(match: re.Match[str]) -> str:
         key = match.group(1)
@@ -121,6 +140,7 @@ def run_sipp(
         raise FileNotFoundError("sipp not found: install the 'sip-tester' package")
     stem = scenario.stem
     message_log, error_log = workdir / f"{stem}_messages.log", workdir / f"{stem}_errors.log"
+    action_log = workdir / f"{stem}_logs.log"
     command = [
         SIPP, f"{host}:{port}", "-sf", str(scenario),
         "-t", "t1" if transport == "tcp" else "u1",
@@ -130,6 +150,7 @@ def run_sipp(
         "-timeout", f"{max(1, round(timeout_s))}s", "-timeout_error",
         "-trace_msg", "-message_file", str(message_log),
         "-trace_err", "-error_file", str(error_log),
+        "-trace_logs", "-log_file", str(action_log),
         *extra_args,
     ]  # fmt: skip
     started = time.monotonic()
@@ -160,6 +181,7 @@ def run_sipp(
         scenario_file=scenario,
         message_log=message_log,
         error_log=error_log,
+        action_log=action_log,
     )
     if message_log.exists():
         log = message_log.read_text(errors="replace")
@@ -268,4 +290,180 @@ def hangup_early(
     return run_sipp(
         scenario, host, port, workdir, transport=transport, service=service,
         timeout_s=timeout_s or hangup_ms / 1000 + 15,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class InfoKey:
+    """One SIP INFO for `dtmf_call`, sent `at_ms` after the ACK (after the previous INFO's
+    response at the earliest), which must be answered with `expect`.
+
+    By default the body is what phones send for `key`: `Signal=<key>` and `Duration=<ms>`
+    lines for application/dtmf-relay, the bare key for application/dtmf. Give `body` to send
+    anything else (a malformed body, say).
+    """
+
+    at_ms: int
+    key: str | None = None
+    content_type: str = "application/dtmf-relay"
+    body: str | None = None
+    expect: int = 200
+    duration_ms: int = 160
+
+    def text(self) -> str:
+        if self.body is not None:
+            return self.body
+        if self.key is None:
+            raise ValueError("an InfoKey needs a key or a body")
+        if self.content_type == "application/dtmf":
+            return self.key
+        return f"Signal={self.key}\nDuration={self.duration_ms}"
+
+
+_INFO_STEP = """
+  <pause milliseconds="{pause}"/>
+
+  <send retrans="500">
+    <![CDATA[
+
+      INFO sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "Harness" <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: {cseq} INFO
+      Contact: <sip:caller@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+      Content-Type: {content_type}
+      Content-Length: [len]
+
+{body}
+
+    ]]>
+  </send>
+
+  <recv response="{expect}"/>
+"""
+
+
+def _info_steps(info: Sequence[InfoKey]) -> str:
+    steps, previous = [], 0
+    for cseq, item in enumerate(sorted(info, key=lambda i: i.at_ms), start=2):
+        if cseq > 90:
+            raise ValueError("at most 89 INFO requests per call")
+        body = "\n".join(f"      {line}" for line in item.text().split("\n"))
+        steps.append(
+            _INFO_STEP.format(
+                pause=max(0, item.at_ms - previous), cseq=cseq,
+                content_type=item.content_type, body=body, expect=item.expect,
+            )
+        )  # fmt: skip
+        previous = item.at_ms
+    return "".join(steps)
+
+
+def dtmf_call(
+    host: str,
+    port: int,
+    *,
+    speech: bytes | None = None,
+    rfc2833: Sequence[tuple[int, str]] = (),
+    info: Sequence[InfoKey] = (),
+    codec: str = "PCMU",
+    wait_s: float = 5.0,
+    bye_from: Literal["server", "caller"] = "caller",
+    transport: Literal["udp", "tcp"] = "udp",
+    service: str = "1000",
+    workdir: Path | None = None,
+    timeout_s: float | None = None,
+) -> SippResult:
+    """A caller that speaks and presses keys: plays `speech` (8 kHz 16-bit PCM) from the ACK
+    on, with RFC 4733 keys `rfc2833` [(at_ms, key), ...] in the same RTP stream, and sends
+    the SIP `info` keys at their times, each INFO expecting its response status.
+
+    Afterwards (`wait_s` counted from the last INFO, or from the ACK without INFO):
+    bye_from="caller" hangs up; bye_from="server" waits up to `wait_s` for the bot's BYE.
+    The INVITE offers `codec` and telephone-event/8000 (payload type 101).
+    """
+    if bye_from not in ("server", "caller"):
+        raise ValueError(f"bye_from must be 'server' or 'caller', got {bye_from!r}")
+    workdir = _workdir(workdir)
+    values: dict[str, object] = {
+        **_codec_values(codec),
+        "WAIT_MS": int(wait_s * 1000),
+        "INFO_STEPS": _info_steps(info),
+    }
+    blocks = {f"bye_{bye_from}"}
+    if speech or rfc2833:
+        pcap = write_rtp_pcap(speech or b"", workdir / "caller_dtmf.pcap", codec, list(rfc2833))
+        values["PCAP"] = pcap.resolve()
+        blocks.add("pcap")
+    scenario = render_scenario("uac_dtmf", workdir, values, blocks)
+    last_info_s = max((i.at_ms for i in info), default=0) / 1000
+    return run_sipp(
+        scenario, host, port, workdir, transport=transport, service=service,
+        timeout_s=timeout_s or last_info_s + wait_s + 15,
+    )  # fmt: skip
+
+
+def transfer_call(
+    host: str,
+    port: int,
+    *,
+    refer: Literal["accept", "reject", "ignore"],
+    refer_status: int = 603,
+    refer_reason: str = "Decline",
+    sipfrag: str | None = "200 OK",
+    notify_delay_ms: int = 200,
+    speech: bytes | None = None,
+    rtp_echo: bool = False,
+    codec: str = "PCMU",
+    refer_wait_s: float = 10.0,
+    wait_s: float = 5.0,
+    bye_from: Literal["server", "caller"] = "server",
+    transport: Literal["udp", "tcp"] = "udp",
+    service: str = "1000",
+    workdir: Path | None = None,
+    timeout_s: float | None = None,
+) -> SippResult:
+    """A caller that the bot transfers (scenario uac_refer): it waits up to `refer_wait_s`
+    after the ACK for the REFER, then
+    - refer="reject": answers `refer_status` `refer_reason` (e.g. 603 Decline, 405);
+    - refer="accept": answers 202, sends NOTIFY "100 Trying", then after `notify_delay_ms` a
+      final NOTIFY with `sipfrag` (e.g. "200 OK", "486 Busy Here"; None: no final NOTIFY)
+      - without calling the target itself (baresip does that: `run_baresip_call`);
+    - refer="ignore": never answers (then hang up with bye_from="caller").
+    Then it plays `speech` (8 kHz 16-bit PCM; only now: sipp aborts a call that receives a
+    request while it starts a pcap), and bye_from="server" waits up to `wait_s` for the
+    server's BYE, "caller" hangs up after `wait_s`. `result.logged()` holds "REFER-TO <uri>"
+    with the REFER's target. rtp_echo=True sends back every RTP packet the caller receives
+    (sipp's -rtp_echo): whoever is connected to the caller hears themselves.
+    """
+    if refer not in ("accept", "reject", "ignore"):
+        raise ValueError(f"refer must be 'accept', 'reject' or 'ignore', got {refer!r}")
+    if bye_from not in ("server", "caller"):
+        raise ValueError(f"bye_from must be 'server' or 'caller', got {bye_from!r}")
+    workdir = _workdir(workdir)
+    values: dict[str, object] = {
+        **_codec_values(codec),
+        "WAIT_MS": int(wait_s * 1000),
+        "REFER_WAIT_MS": int(refer_wait_s * 1000),
+        "REFER_STATUS": refer_status,
+        "REFER_REASON": refer_reason,
+        "SIPFRAG": sipfrag or "",
+        "NOTIFY_DELAY_MS": int(notify_delay_ms),
+    }
+    blocks = {f"bye_{bye_from}"}
+    if refer != "ignore":
+        blocks.add(f"refer_{refer}")
+    if refer == "accept" and sipfrag is not None:
+        blocks.add("final_notify")
+    if speech:
+        values["PCAP"] = write_rtp_pcap(speech, workdir / "caller.pcap", codec).resolve()
+        blocks.add("pcap")
+    scenario = render_scenario("uac_refer", workdir, values, blocks)
+    return run_sipp(
+        scenario, host, port, workdir, transport=transport, service=service,
+        timeout_s=timeout_s or refer_wait_s + wait_s + 15,
+        extra_args=["-rtp_echo"] if rtp_echo else (),
     )  # fmt: skip

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.media.g711 import Codec
-from tests.sip.rtp_pcap import build_digit_utterance, write_rtp_pcap
+from tests.sip.rtp_pcap import TELEPHONE_EVENT_PT, build_digit_utterance, write_rtp_pcap
 
 
 def _read_pcap(path: Path) -> list[tuple[float, bytes]]:
@@ -60,3 +60,36 @@ def test_digit_utterance_rejects_bad_input(shared_data: Path) -> None:
         build_digit_utterance(shared_data, "jackson", "12a")
     with pytest.raises(FileNotFoundError, match="nobody"):
         build_digit_utterance(shared_data, "nobody", "1")
+
+
+def test_pcap_with_rfc4733_keys(shared_data: Path, tmp_path: Path) -> None:
+    """Keys replace the audio for their duration, in one stream: events every 20 ms sharing
+    the key's start timestamp, growing durations, the end packet three times, then audio."""
+    pcm = build_digit_utterance(shared_data, "jackson", "512", seed=1, pad_ms=100)
+    path = write_rtp_pcap(pcm, tmp_path / "k.pcap", "PCMA", dtmf=[(200, "#"), (600, "D")])
+    packets = _read_pcap(path)
+    events = [(when, rtp) for when, rtp in packets if rtp[1] & 0x7F == TELEPHONE_EVENT_PT]
+    assert len(events) == 2 * (5 + 3)
+    for start, (code, first_ms) in zip((0, 8), ((11, 200), (15, 600)), strict=True):
+        key = events[start : start + 8]
+        stamps = {struct.unpack("!I", rtp[4:8])[0] for _, rtp in key}
+        assert stamps == {first_ms * 8}
+        assert key[0][0] == pytest.approx(first_ms / 1000)
+        assert key[0][1][1] & 0x80  # marker on the first event packet
+        bodies = [struct.unpack("!BBH", rtp[12:16]) for _, rtp in key]
+        assert [b[0] for b in bodies] == [code] * 8
+        assert [b[2] for b in bodies] == [160, 320, 480, 640, 800, 800, 800, 800]
+        assert [bool(b[1] & 0x80) for b in bodies] == [False] * 5 + [True] * 3
+        assert len({struct.unpack("!H", rtp[2:4])[0] for _, rtp in key[5:]}) == 1
+    sequence = [struct.unpack("!H", rtp[2:4])[0] for _, rtp in packets]
+    distinct = [seq for i, seq in enumerate(sequence) if i == 0 or seq != sequence[i - 1]]
+    assert distinct == list(range(1, len(distinct) + 1))  # continuous, retransmits excepted
+    audio = [rtp for _, rtp in packets if rtp[1] & 0x7F == Codec.from_name("PCMA").payload_type]
+    assert len(audio) + 2 * 6 == -(-len(pcm) // 320)
+
+
+def test_pcap_rejects_overlapping_or_unknown_keys(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="overlaps"):
+        write_rtp_pcap(b"", tmp_path / "a.pcap", dtmf=[(100, "1"), (180, "2")])
+    with pytest.raises(ValueError, match="DTMF key"):
+        write_rtp_pcap(b"", tmp_path / "a.pcap", dtmf=[(100, "X")])
