@@ -42,6 +42,28 @@ def _parser() -> argparse.ArgumentParser:
     validate = dialplan_commands.add_parser("validate", help="check dialplan files or folders")
     validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
     validate.set_defaults(command=_validate_dialplans)
+    simulate = dialplan_commands.add_parser(
+        "simulate",
+        help="run a dialplan in the terminal: type what the caller says, #digits for keys",
+    )
+    simulate.add_argument("file", type=Path, metavar="FILE")
+    simulate.add_argument("--caller", default="sip:simulator@localhost", help="caller URI")
+    simulate.add_argument("--dialled", default="simulator", help="dialled number")
+    simulate.add_argument(
+        "--transfer-fails", action="store_true", help="simulate a transfer the far end rejects"
+    )
+    simulate.add_argument("--today", type=_date, help="the date for date slots (YYYY-MM-DD)")
+    simulate.set_defaults(command=_simulate_dialplan)
+    reload = dialplan_commands.add_parser(
+        "reload",
+        help="make the running server load its dialplans again (calls in progress keep theirs)",
+    )
+    _add_config_option(reload)
+    reload.set_defaults(command=_reload_dialplans)
+    schema = dialplan_commands.add_parser(
+        "schema", help="print the JSON Schema of dialplan files (for editors)"
+    )
+    schema.set_defaults(command=_print_schema)
 
     config = commands.add_parser("config", help="work with the configuration")
     config_commands = config.add_subparsers(title="commands", required=True, metavar="COMMAND")
@@ -97,6 +119,77 @@ def _validate_dialplans(args: argparse.Namespace) -> int:
         print("no dialplan files found")
         return EXIT_INVALID
     return EXIT_INVALID if bad else EXIT_OK
+
+
+def _simulate_dialplan(args: argparse.Namespace) -> int:
+    from app.dialog.dialplan import DialplanError, load_dialplan
+    from app.dialog.simulate import Simulator
+
+    try:
+        plan = load_dialplan(args.file)
+    except DialplanError as exc:
+        print("\n".join(exc.errors), file=sys.stderr)
+        return EXIT_INVALID
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="  [%(levelname)s] %(message)s")
+    print(f"# simulating {plan.name} ({args.file}); #digits for keys, empty line: silence")
+    simulator = Simulator(
+        plan,
+        iter(sys.stdin.readline, ""),
+        sys.stdout,
+        echo=not sys.stdin.isatty(),
+        caller=args.caller,
+        dialled=args.dialled,
+        transfer_ok=not args.transfer_fails,
+        today=args.today,
+    )
+    simulator.run()
+    print(
+        "# variables: "
+        + ", ".join(f"{k}={v!r}" for k, v in simulator.runner.redacted_variables().items())
+    )
+    return EXIT_OK
+
+
+def _reload_dialplans(args: argparse.Namespace) -> int:
+    import signal
+
+    from app.dialog.dialplan import DialplanError, load_dialplans
+    from app.server import pid_file_path
+
+    config = _load(args)
+    try:
+        plans = load_dialplans(config.dialplans.dir)
+    except DialplanError as exc:
+        print("\n".join(exc.errors), file=sys.stderr)
+        print("not reloaded: fix the errors above first", file=sys.stderr)
+        return EXIT_INVALID
+    path = pid_file_path(config)
+    try:
+        pid = int(path.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        print(f"switchboard: no running server found via {path}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"asked server {pid} to reload {len(plans)} dialplan(s); its log says when done")
+    return EXIT_OK
+
+
+def _print_schema(_args: argparse.Namespace) -> int:
+    from importlib.resources import files
+
+    print(files("app.dialog").joinpath("dialplan.schema.json").read_text(), end="")
+    return EXIT_OK
+
+
+def _date(text: str) -> object:
+    import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -6,17 +6,22 @@ call gets a light `CallSession`. Records and live state are observers of call ev
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from app.asr.base import AsrEngine
 from app.call.endpointing import EndpointerConfig
 from app.call.events import EventBus
-from app.call.session import CallSession, SessionConfig
+from app.call.session import CallServices, CallSession, SessionConfig
 from app.config import Config, redact_url
 from app.dialog.dialplan import Dialplan, DialplanError, load_dialplans
+from app.services.llm import ChatClient
+from app.services.webhook import WebhookClient
 from app.sip.admission import Admission
 from app.sip.routes import RoutesError, RouteTable
 from app.state import open_state
@@ -66,6 +71,35 @@ class Server:
     state: LiveState
     bus: EventBus
     agent: object | None = None
+    webhooks: WebhookClient = field(default_factory=WebhookClient)
+    chat: ChatClient = field(default_factory=ChatClient)
+    _reload_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reload_dialplans(self) -> bool:
+        """Load the dialplans and routes again and switch to them if all are valid.
+
+        Calls in progress keep the `Dialplan` they started with; new calls get the new ones.
+        On any error the running set stays and the errors are logged; returns whether it
+        switched.
+        """
+        with self._reload_lock:
+            try:
+                dialplans, routes = load_plans_and_routes(self.config)
+            except StartupError as exc:
+                log.error("dialplan reload refused, keeping the running set: %s", exc)
+                return False
+            changed = sorted(
+                name
+                for name, plan in dialplans.items()
+                if name not in self.dialplans or self.dialplans[name].version != plan.version
+            )
+            self.dialplans, self.routes = dialplans, routes  # each swap is atomic for readers
+        log.info(
+            "dialplans reloaded: %d loaded, changed or new: %s",
+            len(dialplans),
+            ", ".join(changed) or "none",
+        )
+        return True
 
     def session_config(self) -> SessionConfig:
         vad = self.config.vad
@@ -79,6 +113,7 @@ class Server:
             ),
             no_input_ms=vad.no_input_ms,
             tts_voice=self.config.tts.voice,
+            recordings_dir=self.config.server.data_dir / "recordings",
         )
 
     def start_sip(self) -> None:
@@ -87,22 +122,24 @@ class Server:
         session_config = self.session_config()
 
         def new_session(context: CallContext) -> CallSession:
+            services = CallServices(self.webhooks, self.chat, context.transfer)
             return CallSession(
                 call_id=context.call_id,
-                dialplan=self.dialplans[context.dialplan],
+                dialplan=self.dialplans[context.dialplan],  # this call keeps this version
                 asr=self.asr,
                 tts=self.tts,
                 bus=self.bus,
                 config=session_config,
                 request_hangup=context.request_hangup,
                 variables={"caller": context.from_uri, "dialled": context.dialled},
+                services=services,
             )
 
         sip = self.config.sip
         agent = SipAgent(
             sip,
             admission_factory=lambda active: Admission(
-                self.routes, sip.codecs, sip.max_calls, active
+                _CurrentRoutes(self), sip.codecs, sip.max_calls, active
             ),
             session_factory=new_session,
             bus=self.bus,
@@ -116,10 +153,23 @@ class Server:
             self.agent = None
         self.recorder.close()
         self.state.close()
+        self.webhooks.close()
+        self.chat.close()
 
 
-def build_server(config: Config) -> Server:
-    """Load everything a call needs; raise `StartupError` naming what is wrong."""
+class _CurrentRoutes(RouteTable):
+    """The server's route table of the moment, so a reload reaches admission at once."""
+
+    def __init__(self, server: Server) -> None:
+        super().__init__(())
+        self._server = server
+
+    def lookup(self, user_part: str) -> str | None:
+        return self._server.routes.lookup(user_part)
+
+
+def load_plans_and_routes(config: Config) -> tuple[dict[str, Dialplan], RouteTable]:
+    """The dialplans and the routes to them; `StartupError` with every problem found."""
     try:
         dialplans = load_dialplans(config.dialplans.dir)
     except DialplanError as exc:
@@ -130,6 +180,12 @@ def build_server(config: Config) -> Server:
         routes = RouteTable.load(config.sip.routes, set(dialplans))
     except RoutesError as exc:
         raise StartupError(str(exc)) from None
+    return dialplans, routes
+
+
+def build_server(config: Config) -> Server:
+    """Load everything a call needs; raise `StartupError` naming what is wrong."""
+    dialplans, routes = load_plans_and_routes(config)
     asr = create_asr(config)
     tts = create_tts(config)
     recorder = CallRecorder(config.store.url, node=config.server.node)
@@ -157,8 +213,15 @@ def serve(config: Config) -> int:
         log.info("received %s, stopping", signal.Signals(signum).name)
         stop.set()
 
+    reload = threading.Event()
+
+    def request_reload(_signum: int, _frame: object) -> None:
+        reload.set()  # the reload runs on the main loop below, not inside the signal handler
+
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGHUP, request_reload)
+    pid_file = write_pid_file(config)
     log.info(
         "switchboard ready: %d dialplan(s) [%s], store %s, state %s",
         len(server.dialplans),
@@ -166,8 +229,29 @@ def serve(config: Config) -> int:
         redact_url(config.store.url),
         redact_url(config.state.url),
     )
-    while not stop.wait(1.0):
-        pass
+    while not stop.wait(0.2):
+        if reload.is_set():
+            reload.clear()
+            log.info("SIGHUP: reloading dialplans from %s", config.dialplans.dir)
+            server.reload_dialplans()
     server.close()
+    _remove(pid_file)
     log.info("stopped")
     return EXIT_OK
+
+
+def pid_file_path(config: Config) -> Path:
+    """Where a running server writes its process id (`switchboard dialplan reload` reads it)."""
+    return config.server.data_dir / "switchboard.pid"
+
+
+def write_pid_file(config: Config) -> Path:
+    path = pid_file_path(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{os.getpid()}\n")
+    return path
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import subprocess
 import sys
@@ -55,7 +57,8 @@ def test_config_check_prints_effective_config(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "[sip]\n" in out and "max_calls = 7\n" in out
     assert f'url = "sqlite:///{tmp_path.resolve()}/var/switchboard.db"' in out
-    assert "# OK: 1 dialplan(s), 2 route(s)" in out
+    plans = len(list((REPO_ROOT / "dialplans").glob("*.yaml")))
+    assert f"# OK: {plans} dialplan(s), 2 route(s)" in out
 
 
 def test_config_check_reports_broken_routes(tmp_path, capsys):
@@ -78,4 +81,37 @@ def test_dialplan_validate(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines == [f"OK {demo}", f"{bad}:5:11: step 'a': next: unknown step 'b'"]
     assert main(["dialplan", "validate", str(REPO_ROOT / "dialplans")]) == 0
-    assert capsys.readouterr().out == f"OK {demo}\n"
+    examples = sorted((REPO_ROOT / "dialplans").glob("*.yaml"))
+    assert capsys.readouterr().out == "".join(f"OK {path}\n" for path in examples)
+
+
+def test_dialplan_simulate_runs_the_call_engine(tmp_path, capsys, monkeypatch):
+    """Typed speech and #keys drive the same runner as calls; the transcript shows each step."""
+    monkeypatch.setattr("sys.stdin", io.StringIO("#0\n"))
+    assert main(["dialplan", "simulate", str(REPO_ROOT / "dialplans" / "bank.yaml"),
+                 "--transfer-fails"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "-> step ask_account" in out
+    assert "caller (speech or #keys)> #0" in out
+    assert "-> step to_agent" in out
+    assert "[transfer to sip:agents@127.0.0.1:5080 fails (--transfer-fails)]" in out
+    assert "-> step agent_unavailable" in out
+    assert out.rstrip().splitlines()[-2] == "bot hangs up (hangup step)"
+
+
+def test_dialplan_simulate_refuses_a_broken_file(capsys):
+    broken = REPO_ROOT / "tests" / "dialplans" / "broken" / "unreachable.yaml"
+    assert main(["dialplan", "simulate", str(broken)]) == 1
+    assert "can never be reached" in capsys.readouterr().err
+
+
+def test_dialplan_schema_is_printed(capsys):
+    assert main(["dialplan", "schema"]) == 0
+    assert json.loads(capsys.readouterr().out)["title"] == "Switchboard dialplan"
+
+
+def test_dialplan_reload_without_a_server_says_so(tmp_path, capsys):
+    config = tmp_path / "switchboard.toml"
+    config.write_text(f'[dialplans]\ndir = "{REPO_ROOT / "dialplans"}"\n')
+    assert main(["dialplan", "reload", "--config", str(config)]) == 1
+    assert "no running server found" in capsys.readouterr().err

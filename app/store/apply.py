@@ -12,8 +12,17 @@ from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
-from app.call.events import CallEnded, CallEvent, CallStarted, StepEntered, TurnCompleted
-from app.store.models import Call, Turn
+from app.call.events import (
+    CallEnded,
+    CallEvent,
+    CallStarted,
+    DialogStarted,
+    StepEntered,
+    StepResult,
+    TurnCompleted,
+    VariableSet,
+)
+from app.store.models import Call, CallVariable, StepRecord, Turn
 
 
 def apply_event(session: Session, event: CallEvent, node: str) -> None:
@@ -52,6 +61,31 @@ def apply_event(session: Session, event: CallEvent, node: str) -> None:
         call.hangup_cause = event.hangup_cause
         call.hangup_by = event.hangup_by
         _derive_call(call)
+    elif isinstance(event, DialogStarted):
+        call = _call(session, event.call_id, node)
+        call.dialplan = event.dialplan
+        call.dialplan_version = event.version
+    elif isinstance(event, VariableSet):
+        _call(session, event.call_id, node)
+        variable = session.get(CallVariable, (event.call_id, event.name))
+        if variable is None:
+            variable = CallVariable(call_id=event.call_id, name=event.name)
+            session.add(variable)
+        variable.value = event.value
+        variable.step = event.step
+        variable.set_at = _ts(event.at)
+    elif isinstance(event, StepResult):
+        _call(session, event.call_id, node)
+        session.add(
+            StepRecord(
+                call_id=event.call_id,
+                step=event.step,
+                kind=event.kind,
+                ok=event.ok,
+                detail=event.detail,
+                at=_ts(event.at),
+            )
+        )
     elif isinstance(event, StepEntered):
         pass  # the current step is live state (app.state); each turn records its own step
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -72,6 +73,7 @@ class Call(Base):
     to_uri: Mapped[str | None] = mapped_column(String)
     dialled: Mapped[str | None] = mapped_column(String)
     dialplan: Mapped[str | None] = mapped_column(String, index=True)
+    dialplan_version: Mapped[str | None] = mapped_column(String(64))  # SHA-256 of the file
     codec: Mapped[str | None] = mapped_column(String)
     node: Mapped[str | None] = mapped_column(String)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
@@ -105,3 +107,35 @@ class Turn(Base):
     first_audio_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     asr_ms: Mapped[float | None] = mapped_column(Float)
     response_ms: Mapped[float | None] = mapped_column(Float)
+
+
+class CallVariable(Base):
+    """A dialplan variable's last value on a call (PINs and other sensitive answers arrive
+    redacted). One row per name: `SELECT value FROM call_variables WHERE name = 'score'`."""
+
+    __tablename__ = "call_variables"
+
+    call_id: Mapped[str] = mapped_column(
+        String, ForeignKey("calls.call_id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    value: Mapped[str | None] = mapped_column(Text)
+    step: Mapped[str | None] = mapped_column(String)
+    set_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class StepRecord(Base):
+    """What happened at a step that reached outside the call: a webhook, an LLM request, a
+    transfer, a recording, a request for an agent; `detail` holds the error when not `ok`."""
+
+    __tablename__ = "call_steps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    call_id: Mapped[str] = mapped_column(
+        String, ForeignKey("calls.call_id", ondelete="CASCADE"), index=True
+    )
+    step: Mapped[str] = mapped_column(String)
+    kind: Mapped[str] = mapped_column(String(16))
+    ok: Mapped[bool] = mapped_column(Boolean)
+    detail: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime | None] = mapped_column(UtcDateTime)

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from app.store.models import Base, Call, Turn
+from app.store.models import Base, Call, CallVariable, StepRecord, Turn
 
 
 def get_call(engine: Engine, call_id: str) -> dict[str, Any] | None:
@@ -24,6 +24,22 @@ def get_turns(engine: Engine, call_id: str) -> list[dict[str, Any]]:
             select(Turn).where(Turn.call_id == call_id).order_by(Turn.turn_index)
         )
         return [_as_dict(turn) for turn in rows]
+
+
+def get_variables(engine: Engine, call_id: str) -> dict[str, str | None]:
+    """The dialplan variables stored for `call_id`: name -> value."""
+    with Session(engine) as session:
+        rows = session.scalars(select(CallVariable).where(CallVariable.call_id == call_id))
+        return {row.name: row.value for row in rows}
+
+
+def get_steps(engine: Engine, call_id: str) -> list[dict[str, Any]]:
+    """The webhook / LLM / transfer / recording outcomes of `call_id`, in order."""
+    with Session(engine) as session:
+        rows = session.scalars(
+            select(StepRecord).where(StepRecord.call_id == call_id).order_by(StepRecord.id)
+        )
+        return [_as_dict(row) for row in rows]
 
 
 def _as_dict(row: Base) -> dict[str, Any]:
