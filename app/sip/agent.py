@@ -310,8 +310,7 @@ class SipAgent:
             self._calls.clear()
         self._account = None
         if self._endpoint is not None:
-            endpoint = self._endpoint
-            self._ports.close(lambda: endpoint.libHandleEvents(_LOOP_POLL_MS))
+            self._ports.close()
             try:
                 self._endpoint.libDestroy()
             except Exception:
@@ -480,6 +479,9 @@ class SipAgent:
             audio.startTransmit(call.port)
             call.port.startTransmit(audio)
             call.record.codec = call.getStreamInfo(index).codecName
+            set_codec = getattr(call.handle, "set_codec", None)
+            if set_codec is not None:
+                set_codec(call.record.codec)
             return
 
     def on_call_state(self, call: SipCall) -> None:

@@ -41,8 +41,6 @@ def _library() -> ctypes.CDLL | None:
         lib.pjsip_tsx_send_msg.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         lib.pjsua_call_get_max_count.restype = ctypes.c_uint
         lib.pjsua_call_get_max_count.argtypes = []
-        lib.pjsua_conf_remove_port.restype = ctypes.c_int
-        lib.pjsua_conf_remove_port.argtypes = [ctypes.c_int]
         return lib
     except (ImportError, OSError, AttributeError) as exc:
         log.warning("PJSIP C functions unavailable (%s): some INFO requests will get 500", exc)
@@ -82,11 +80,3 @@ def max_calls() -> int | None:
     """How many calls PJSIP can hold at once (its compile-time cap may be below ours)."""
     lib = _library()
     return None if lib is None else int(lib.pjsua_call_get_max_count())
-
-
-def remove_conf_port(slot: int) -> bool:
-    """Ask the conference bridge to remove port `slot` (done on its next clock tick)."""
-    lib = _library()
-    if lib is None:
-        return False
-    return lib.pjsua_conf_remove_port(slot) == 0

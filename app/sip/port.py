@@ -5,25 +5,23 @@ must never block, log or raise: a Python exception escaping a SWIG director call
 process. So each one does a fixed amount of work (copy one frame, hand it over) and swallows
 surprises into a counter that the agent reports when the call ends.
 
-Ports are pooled and reused, never destroyed while the media clock runs. PJSIP 2.15's bridge
-removes a port asynchronously (on its next clock tick), but pjsua2's `AudioMediaPort`
-destructor frees the port at once (fixed upstream after 2.15.1, pjproject#4200): dropping a
-port at the end of a call let the clock thread call into a half-destroyed object and crashed
-the server. A released port is simply given an idle sink; at shutdown `PortPool.close` has
-the bridge remove every port, waits until it has, and only then lets the objects go.
+Ports are pooled and reused, never destroyed. PJSIP 2.15's bridge removes a port
+asynchronously (on its next clock tick), but pjsua2's `AudioMediaPort` destructor frees the
+port at once (fixed upstream after 2.15.1, pjproject#4200): dropping a port at the end of a
+call let the clock thread call into a half-destroyed object and crashed the server. A released
+port is simply given an idle sink and waits for the next call; see `PortPool.close` for
+shutdown.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
-import time
-from collections.abc import Callable
 from typing import Protocol
 
 import pjsua2 as pj
 
 from app.media.audio import CALL_RATE, FRAME_MS, SAMPLE_WIDTH, frame_bytes
-from app.sip import native
 from app.sip.bytevector import byte_vector_to_bytes
 
 log = logging.getLogger(__name__)
@@ -153,40 +151,23 @@ class PortPool:
         if port not in self._idle:
             self._idle.append(port)
 
-    def close(self, pump: Callable[[], None], timeout_s: float = 2.0) -> None:
-        """Have the bridge remove every port, wait until it has, then let them go.
+    def close(self) -> None:
+        """At endpoint shutdown: let go of the ports without ever destroying them.
 
-        `pump` runs PJSIP's event loop a little (the bridge works through its queue on the
-        media clock). If the removal cannot be asked for or does not finish, the ports are
-        kept for the life of the process rather than freed under the clock thread.
+        Destroying one is unsafe at any point of shutdown: before `libDestroy` the bridge may
+        still touch it (its removal is queued, and with no call connected the bridge's clock
+        is paused, so the queue is never worked through); after `libDestroy` the destructor's
+        own removal request hits a destroyed bridge and PJSIP aborts the process. Shutdown
+        ends the process (one endpoint per process), so the few ports are left to the OS.
         """
-        if not self._all:
-            return
         for port in self._all:
             port.detach()
-        slots = [port.getPortId() for port in self._all]
-        if not all(native.remove_conf_port(slot) for slot in slots):
-            log.warning("could not remove audio ports from the bridge; keeping them")
-            _KEPT.extend(self._all)
-        else:
-            deadline = time.monotonic() + timeout_s
-            while any(_in_bridge(slot) for slot in slots):
-                if time.monotonic() > deadline:
-                    log.warning("the bridge did not release its audio ports; keeping them")
-                    _KEPT.extend(self._all)
-                    break
-                pump()
+            _never_destroy(port)
         self._idle.clear()
         self._all.clear()
 
 
-_KEPT: list[CallAudioPort] = []
-"""Ports that could not be safely destroyed: leaked on purpose rather than crash."""
-
-
-def _in_bridge(slot: int) -> bool:
-    try:
-        pj.AudioMedia.getPortInfoFromId(slot)
-    except pj.Error:
-        return False
-    return True
+def _never_destroy(port: CallAudioPort) -> None:
+    """Hold one reference that is never released, so not even interpreter shutdown runs the
+    port's C++ destructor."""
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(port))
