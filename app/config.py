@@ -77,6 +77,12 @@ def _ip_address(value: str) -> str:
         raise ValueError(f"expected an IP address such as 0.0.0.0, got {value!r}") from None
 
 
+def _fraction(value: float) -> float:
+    if not 0.0 < value < 1.0:
+        raise ValueError("must be between 0 and 1 (exclusive)")
+    return value
+
+
 def _aggressiveness(value: int) -> int:
     if not 0 <= value <= 3:
         raise ValueError("must be 0..3")
@@ -133,10 +139,23 @@ class SipConfig:
 class VadConfig:
     aggressiveness: int = field(default=2, metadata=_check(_aggressiveness))
     min_speech_ms: int = field(default=160, metadata=_check(_between(20, 10_000)))
-    end_silence_ms: int = field(default=700, metadata=_check(_between(100, 10_000)))
+    end_silence_ms: int = field(default=400, metadata=_check(_between(100, 10_000)))
+    incomplete_silence_ms: int = field(default=1000, metadata=_check(_between(100, 10_000)))
+    complete_silence_ms: int = field(default=250, metadata=_check(_between(100, 10_000)))
     max_utterance_ms: int = field(default=15_000, metadata=_check(_between(1000, 300_000)))
     pre_roll_ms: int = field(default=300, metadata=_check(_between(0, 2000)))
     no_input_ms: int = field(default=6000, metadata=_check(_between(500, 120_000)))
+    detector: str = field(default="webrtc", metadata=_check(_one_of(("webrtc", "silero"))))
+    silero_threshold: float = field(default=0.5, metadata=_check(_fraction))
+    barge_in_min_speech_ms: int = field(default=80, metadata=_check(_between(20, 2000)))
+    echo_margin_db: float = field(default=6.0, metadata=_check(_between(0, 40)))
+
+    def __post_init__(self) -> None:
+        if self.complete_silence_ms > self.incomplete_silence_ms:
+            raise ConfigError(
+                "vad.complete_silence_ms must not exceed vad.incomplete_silence_ms "
+                f"({self.complete_silence_ms} > {self.incomplete_silence_ms})"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +168,7 @@ class TtsConfig:
     engine: str = field(default="espeak", metadata=_check(_one_of(TTS_ENGINES)))
     voice: str = field(default="en-us", metadata=_check(_non_empty))
     words_per_minute: int = field(default=165, metadata=_check(_between(80, 450)))
+    prompt_cache_mb: int = field(default=32, metadata=_check(_between(0, 4096)))
 
 
 @dataclass(frozen=True, slots=True)

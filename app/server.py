@@ -11,15 +11,19 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.asr.base import AsrEngine
-from app.call.endpointing import EndpointerConfig
+from app.call.bargein import BargeInConfig
+from app.call.endpointing import EndpointerConfig, FrameClassifier
 from app.call.events import EventBus
+from app.call.hangover import Hangover
 from app.call.session import CallServices, CallSession, SessionConfig
 from app.config import Config, redact_url
 from app.dialog.dialplan import Dialplan, DialplanError, load_dialplans
+from app.media.audio import CALL_RATE
 from app.services.llm import ChatClient
 from app.services.webhook import WebhookClient
 from app.sip.admission import Admission
@@ -28,6 +32,7 @@ from app.state import open_state
 from app.state.base import LiveState
 from app.store.recorder import CallRecorder
 from app.tts.base import TtsEngine
+from app.tts.cache import PromptCache
 
 log = logging.getLogger("switchboard")
 
@@ -47,6 +52,26 @@ def create_asr(config: Config) -> AsrEngine:
 
         return PocketSphinxEngine()
     raise StartupError(f"asr.engine: unknown engine {name!r} (available: pocketsphinx)")
+
+
+def classifier_factory(config: Config) -> Callable[[], FrameClassifier] | None:
+    """New per-turn speech classifiers as `[vad] detector` says (None: webrtcvad default).
+    Builds one up front so a missing model fails at start-up, not on the first call."""
+    vad = config.vad
+    if vad.detector == "webrtc":
+        return None
+    from app.vad import VadError, create_detector
+
+    def make() -> FrameClassifier:
+        return create_detector(
+            vad.detector, CALL_RATE, vad.aggressiveness, threshold=vad.silero_threshold
+        )
+
+    try:
+        make()
+    except VadError as exc:
+        raise StartupError(f"vad.detector: {exc}") from None
+    return make
 
 
 def create_tts(config: Config) -> TtsEngine:
@@ -73,6 +98,7 @@ class Server:
     agent: object | None = None
     webhooks: WebhookClient = field(default_factory=WebhookClient)
     chat: ChatClient = field(default_factory=ChatClient)
+    prompt_cache: PromptCache | None = None
     _reload_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reload_dialplans(self) -> bool:
@@ -111,6 +137,15 @@ class Server:
                 max_utterance_ms=vad.max_utterance_ms,
                 pre_roll_ms=vad.pre_roll_ms,
             ),
+            barge_in=BargeInConfig(
+                min_speech_ms=vad.barge_in_min_speech_ms,
+                echo_margin_db=vad.echo_margin_db,
+                pre_roll_ms=vad.pre_roll_ms,
+            ),
+            hangover=Hangover(
+                incomplete_ms=vad.incomplete_silence_ms, complete_ms=vad.complete_silence_ms
+            ),
+            classifier=classifier_factory(self.config),
             no_input_ms=vad.no_input_ms,
             tts_voice=self.config.tts.voice,
             recordings_dir=self.config.server.data_dir / "recordings",
@@ -122,7 +157,9 @@ class Server:
         session_config = self.session_config()
 
         def new_session(context: CallContext) -> CallSession:
-            services = CallServices(self.webhooks, self.chat, context.transfer)
+            services = CallServices(
+                self.webhooks, self.chat, context.transfer, prompt_cache=self.prompt_cache
+            )
             return CallSession(
                 call_id=context.call_id,
                 dialplan=self.dialplans[context.dialplan],  # this call keeps this version
@@ -186,13 +223,18 @@ def load_plans_and_routes(config: Config) -> tuple[dict[str, Dialplan], RouteTab
 def build_server(config: Config) -> Server:
     """Load everything a call needs; raise `StartupError` naming what is wrong."""
     dialplans, routes = load_plans_and_routes(config)
+    classifier_factory(config)  # a missing VAD model fails here, before any call
     asr = create_asr(config)
     tts = create_tts(config)
     recorder = CallRecorder(config.store.url, node=config.server.node)
     recorder.start()
     state = open_state(config.state.url, node=config.server.node)
     bus = EventBus([recorder, state])
-    return Server(config, dialplans, routes, asr, tts, recorder, state, bus)
+    cache_mb = config.tts.prompt_cache_mb
+    prompt_cache = PromptCache(cache_mb * 1024 * 1024) if cache_mb else None
+    return Server(
+        config, dialplans, routes, asr, tts, recorder, state, bus, prompt_cache=prompt_cache
+    )
 
 
 def serve(config: Config) -> int:

@@ -200,7 +200,7 @@ def test_maximum_call_duration_runs_its_handler(asr, tts, tmp_path):
             global: {max_duration_s: 10, on_max_duration: late}
             steps:
               q: {ask: "Take your time.", no_input_ms: 60000, into: x, next: end}
-              late: {say: "Time is up.", interruptible: false, next: end}
+              late: {say: "Time is up.", barge_in: "off", next: end}
               end: {hangup: true}
             """
         )

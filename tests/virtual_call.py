@@ -99,3 +99,100 @@ class VirtualLine:
             if delay > 0:
                 time.sleep(delay)
         raise AssertionError(f"call still running after {self._max_ticks * FRAME_MS / 1000:.0f} s")
+
+
+class ScriptedLine:
+    """A virtual line whose caller may talk over the bot and whose line may echo the bot.
+
+    `utterances`: (barge_ms, pcm) in order. barge_ms None: the caller answers once the bot has
+    been quiet `answer_after_silence_ms`; a number: the caller starts that many ms after the
+    bot starts its next prompt, talking over it. `echo_db`/`echo_ms`: the line returns the
+    bot's audio that much quieter and later, mixed into what the caller sends.
+    Records per tick the level of the bot's audio (`bot_levels`) and the tick at which each
+    utterance started (`started_ticks`).
+    """
+
+    def __init__(
+        self,
+        utterances: Sequence[tuple[int | None, bytes]],
+        speed: float = 1.0,
+        answer_after_silence_ms: int = 400,
+        echo_db: float | None = None,
+        echo_ms: int = 60,
+        max_call_s: float = 60.0,
+    ) -> None:
+        self._script = [(barge, list(iter_frames([pcm], CALL_RATE))) for barge, pcm in utterances]
+        self._tick_s = FRAME_MS / 1000 / speed
+        self._answer_after = answer_after_silence_ms // FRAME_MS
+        self._echo_gain = None if echo_db is None else 10 ** (echo_db / 20)
+        self._echo_ticks = echo_ms // FRAME_MS
+        self._max_ticks = int(max_call_s * 1000 / FRAME_MS)
+        self.bot_levels: list[float] = []
+        self.started_ticks: list[int] = []
+        self.bot_hung_up = threading.Event()
+        self._sent: list[bytes] = []
+
+    def hangup(self) -> None:
+        self.bot_hung_up.set()
+
+    def run(self, session: object) -> None:
+        session.start()
+        try:
+            self._clock(session)
+        finally:
+            session.caller_hung_up()
+        if not session.join(timeout=30):
+            raise AssertionError("call worker did not finish within 30 s after hangup")
+
+    def _clock(self, session: object) -> None:
+        from app.media.audioop_compat import audioop
+
+        next_tick = time.monotonic()
+        quiet = 0
+        prompt_start: int | None = None
+        speaking: list[bytes] = []
+        for tick in range(self._max_ticks):
+            if self.bot_hung_up.is_set():
+                return
+            out = session.pull_frame()
+            self._sent.append(out if out is not None else SILENCE)
+            level = audioop.rms(out, 2) if out is not None else 0.0
+            self.bot_levels.append(level)
+            if level > 0:
+                if quiet >= self._answer_after or prompt_start is None:
+                    prompt_start = tick
+                quiet = 0
+            else:
+                quiet += 1
+            if not speaking and self._script:
+                barge, frames = self._script[0]
+                due = (
+                    quiet >= self._answer_after and prompt_start is not None
+                    if barge is None
+                    else prompt_start is not None
+                    and quiet == 0
+                    and tick - prompt_start >= barge // FRAME_MS
+                )
+                if due:
+                    speaking = list(frames)
+                    self._script.pop(0)
+                    self.started_ticks.append(tick)
+                    prompt_start = None
+            frame = speaking.pop(0) if speaking else SILENCE
+            if self._echo_gain is not None and tick >= self._echo_ticks:
+                echo = audioop.mul(self._sent[tick - self._echo_ticks], 2, self._echo_gain)
+                frame = audioop.add(frame, echo, 2)
+            session.push_frame(frame)
+            next_tick += self._tick_s
+            delay = next_tick - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        raise AssertionError(f"call still running after {self._max_ticks * FRAME_MS / 1000:.0f} s")
+
+    def bot_stopped_after(self, tick: int, quiet_ms: int = 200) -> int | None:
+        """The first tick at or after `tick` from which the bot stayed silent `quiet_ms`."""
+        run = quiet_ms // FRAME_MS
+        for t in range(tick, len(self.bot_levels) - run + 1):
+            if not any(self.bot_levels[t : t + run]):
+                return t
+        return None

@@ -14,7 +14,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 from itertools import islice
-from typing import Literal
+from typing import Literal, Protocol
 
 import webrtcvad
 
@@ -28,6 +28,26 @@ ONSET_GAP_FRAMES = 2
 strict run would then miss a whole short digit such as "seven"."""
 
 
+class FrameClassifier(Protocol):
+    """Says whether one 20 ms frame is speech (webrtcvad, Silero: see `app.vad`)."""
+
+    def is_speech(self, frame: bytes) -> bool: ...
+
+
+class _WebRtc:
+    def __init__(self, aggressiveness: int, sample_rate: int) -> None:
+        self._vad = webrtcvad.Vad(aggressiveness)
+        self._rate = sample_rate
+
+    def is_speech(self, frame: bytes) -> bool:
+        return self._vad.is_speech(frame, self._rate)
+
+
+def webrtc_classifier(aggressiveness: int = 2, sample_rate: int = 8000) -> FrameClassifier:
+    """webrtcvad as a `FrameClassifier` (the default; `app.vad` has the others)."""
+    return _WebRtc(aggressiveness, sample_rate)
+
+
 @dataclass(frozen=True)
 class EndpointerConfig:
     """Endpointing knobs, in milliseconds; each is rounded up to whole 20 ms frames.
@@ -37,7 +57,7 @@ class EndpointerConfig:
 
     aggressiveness: int = 2
     min_speech_ms: int = 160
-    end_silence_ms: int = 700
+    end_silence_ms: int = 400
     max_utterance_ms: int = 15000
     pre_roll_ms: int = 300
 
@@ -87,7 +107,12 @@ def _frames(ms: int) -> int:
 class Endpointer:
     """Feeds one 20 ms frame at a time; one instance per call, used by the call's worker."""
 
-    def __init__(self, config: EndpointerConfig | None = None, sample_rate: int = 8000) -> None:
+    def __init__(
+        self,
+        config: EndpointerConfig | None = None,
+        sample_rate: int = 8000,
+        classifier: FrameClassifier | None = None,
+    ) -> None:
         if sample_rate not in VAD_RATES:
             raise ValueError(
                 f"sample_rate must be one of {VAD_RATES} for webrtcvad, got {sample_rate!r}"
@@ -95,7 +120,7 @@ class Endpointer:
         self.config = config or EndpointerConfig()
         self.sample_rate = sample_rate
         self.frame_size = frame_bytes(sample_rate)
-        self._vad = webrtcvad.Vad(self.config.aggressiveness)
+        self._vad = classifier or _WebRtc(self.config.aggressiveness, sample_rate)
         self._min_speech = _frames(self.config.min_speech_ms)
         self._end_silence = _frames(self.config.end_silence_ms)
         self._max_utterance = _frames(self.config.max_utterance_ms)
@@ -107,6 +132,7 @@ class Endpointer:
 
     def reset(self) -> None:
         """Forget everything for the next turn; the frame counter restarts at 0."""
+        self._end_silence = _frames(self.config.end_silence_ms)
         self._ring.clear()
         self._frame_count = 0
         self._in_speech = False
@@ -116,6 +142,17 @@ class Endpointer:
         self._utterance = 0
         self._silence = 0
         self._last_voiced = 0
+
+    def set_end_silence_ms(self, ms: int) -> None:
+        """Change the silence that ends this turn, mid-turn (adaptive endpointing: longer while
+        an answer is incomplete). Takes effect on the next frame."""
+        if ms <= 0:
+            raise ValueError(f"end silence must be a positive number of ms, got {ms!r}")
+        self._end_silence = _frames(ms)
+
+    @property
+    def end_silence_ms(self) -> int:
+        return self._end_silence * FRAME_MS
 
     @property
     def in_speech(self) -> bool:
@@ -134,7 +171,7 @@ class Endpointer:
                 f"expected one 20 ms frame of {self.frame_size} bytes at {self.sample_rate} Hz, "
                 f"got {len(frame)} bytes"
             )
-        voiced = self._vad.is_speech(frame, self.sample_rate)
+        voiced = self._vad.is_speech(frame)
         self._frame_count += 1
         if self._in_speech:
             return self._in_utterance(voiced)

@@ -43,9 +43,13 @@ class StepEntered:
 class TurnCompleted:
     """One exchange: the bot's prompt, what the caller said, and when each stage finished.
 
-    `speech_end_at`: end of the caller's speech as the endpointer saw it; `asr_final_at`: final
-    recognition result; `first_audio_at`: first frame of the bot's reply taken by the media
-    clock (None when nothing was played after this turn, e.g. the caller hung up).
+    The latency budget of a turn, stage by stage (epoch seconds; None when a stage did not
+    happen): `speech_end_at`, end of the caller's speech as the endpointer saw it;
+    `asr_final_at`, final recognition result; `decided_at`, the dialogue chose its next action;
+    `tts_ready_at`, first audio of the reply ready for playout; `first_audio_at`, first frame
+    of the reply taken by the media clock (None when nothing was played after this turn, e.g.
+    the caller hung up). `barge_in`: the answer began while the prompt was playing.
+    `end_silence_ms`: the silence that ended the answer (adaptive endpointing).
     """
 
     call_id: str
@@ -59,6 +63,10 @@ class TurnCompleted:
     speech_end_at: float | None
     asr_final_at: float | None
     first_audio_at: float | None
+    decided_at: float | None = None
+    tts_ready_at: float | None = None
+    barge_in: bool = False
+    end_silence_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,9 @@
 
 Runs on the call's worker thread. It reads caller frames from the session's inbound queue and
 keys from its `DtmfBuffer`, and returns as soon as one of them gives an answer, the no-input
-timer runs out, or `stop` is set (hang-up, maximum call duration).
+timer runs out, or `stop` is set (hang-up, maximum call duration). Speech that barged into the
+prompt arrives as `preface` frames and is heard first, so the answer keeps its first syllable.
+The silence that ends the answer adapts to what has been heard so far (`Hangover`).
 """
 
 from __future__ import annotations
@@ -13,12 +15,20 @@ import queue
 import threading
 import time
 import wave
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from app.asr.base import AsrEngine, AsrResult, AsrStream
 from app.call.dtmf import DtmfBuffer, KeyCollector
-from app.call.endpointing import Endpointer, EndpointerConfig, SpeechEnded, SpeechStarted
+from app.call.endpointing import (
+    Endpointer,
+    EndpointerConfig,
+    FrameClassifier,
+    SpeechEnded,
+    SpeechStarted,
+)
+from app.call.hangover import Hangover
 from app.dialog.actions import Ask, DtmfInput, DtmfOptions, Heard, Recording
 from app.media.audio import CALL_RATE, FRAME_MS, SAMPLE_WIDTH
 from app.media.resample import Resampler
@@ -35,6 +45,12 @@ class Answer:
     heard: Heard
     speech_end_at: float | None = None
     asr_final_at: float | None = None
+    end_silence_ms: int | None = None
+    """The silence that ended the answer (adaptive endpointing may have changed it)."""
+
+
+Frame = tuple[int, bytes]
+"""A caller frame and the media tick it arrived at (for the echo reference)."""
 
 
 class Listener:
@@ -42,17 +58,31 @@ class Listener:
 
     def __init__(
         self,
-        frames: queue.Queue[bytes],
+        frames: queue.Queue[Frame],
         keys: DtmfBuffer,
         asr: AsrEngine,
         endpointer: EndpointerConfig,
         stop: threading.Event,
+        hangover: Hangover | None = None,
+        classifier: Callable[[], FrameClassifier] | None = None,
     ) -> None:
         self._frames = frames
         self._keys = keys
         self._asr = asr
         self._endpointer = endpointer
         self._stop = stop
+        self._hangover = hangover
+        self._classifier = classifier
+
+    def new_classifier(self) -> FrameClassifier | None:
+        """A fresh speech/non-speech classifier for one turn (None: the endpointer's default)."""
+        return self._classifier() if self._classifier is not None else None
+
+    def next_frame(self, timeout: float = _POLL_S) -> Frame | None:
+        try:
+            return self._frames.get(timeout=timeout)
+        except queue.Empty:
+            return None
 
     def drain_frames(self) -> None:
         while True:
@@ -61,54 +91,45 @@ class Listener:
             except queue.Empty:
                 return
 
-    def collect(self, ask: Ask, no_input_ms: int) -> Answer:
+    def collect(self, ask: Ask, no_input_ms: int, preface: Iterable[bytes] = ()) -> Answer:
         """Speech or keys for `ask`; keys queued before (type-ahead) count at once.
 
-        A question that takes no keys still reads a single key, so the dialogue can see the
-        global agent key.
+        `preface`: caller frames heard before this call (speech that barged into the prompt),
+        processed first. A question that takes no keys still reads a single key, so the
+        dialogue can see the global agent key.
         """
         keys = KeyCollector(ask.dtmf or _SINGLE_KEY)
         config = self._endpointer
         if ask.end_silence_ms:
             config = dataclasses.replace(config, end_silence_ms=ask.end_silence_ms)
-        endpointer = Endpointer(config, sample_rate=CALL_RATE) if ask.speech else None
-        resampler = (
-            Resampler(CALL_RATE, self._asr.sample_rate)
-            if ask.speech and self._asr.sample_rate != CALL_RATE
+        turn = (
+            _SpeechTurn(ask, self._asr, config, self.new_classifier(), self._hangover)
+            if ask.speech
             else None
         )
-        stream: AsrStream | None = None
         deadline = time.monotonic() + no_input_ms / 1000
         try:
+            if turn is not None:
+                for pcm in preface:
+                    answer = turn.hear(pcm)
+                    if answer is not None:
+                        return answer
             while not self._stop.is_set():
                 done = self._read_keys(keys)
                 if done is not None:
                     return Answer(done)
-                try:
-                    frame = self._frames.get(timeout=_POLL_S)
-                except queue.Empty:
-                    frame = None
-                if frame is not None and endpointer is not None:
-                    event = endpointer.process(frame)
-                    if isinstance(event, SpeechStarted):
-                        stream = self._asr.open_stream(ask.options)
-                        stream.feed(_to_asr(resampler, event.pre_roll))
-                    elif stream is not None and endpointer.in_speech:
-                        stream.feed(_to_asr(resampler, frame))
-                    if isinstance(event, SpeechEnded) and stream is not None:
-                        trailing_ms = (
-                            endpointer.frame_count - event.speech_end_at_frame
-                        ) * FRAME_MS
-                        speech_end_at = time.time() - trailing_ms / 1000
-                        result = stream.finish()
-                        stream = None
-                        return Answer(result, speech_end_at, time.time())
-                if stream is None and not keys.started and time.monotonic() > deadline:
+                frame = self.next_frame()
+                if frame is not None and turn is not None:
+                    answer = turn.hear(frame[1])
+                    if answer is not None:
+                        return answer
+                started = turn is not None and turn.started
+                if not started and not keys.started and time.monotonic() > deadline:
                     return Answer(None)
             return Answer(None)
         finally:
-            if stream is not None:
-                stream.close()
+            if turn is not None:
+                turn.close()
 
     def _read_keys(self, keys: KeyCollector) -> DtmfInput | None:
         while self._keys.pending():
@@ -142,13 +163,13 @@ class Listener:
                     self._keys.get(0)
                     ended_by = "dtmf"
                     break
-                try:
-                    frame = self._frames.get(timeout=_POLL_S)
-                except queue.Empty:
+                item = self.next_frame()
+                if item is None:
                     if not spoke and time.monotonic() > deadline:
                         ended_by = "no_input"
                         break
                     continue
+                frame = item[1]
                 out.writeframes(frame)
                 written += 1
                 event = endpointer.process(frame)
@@ -168,6 +189,58 @@ class Listener:
                 path.unlink()
             return Recording("", 0, ended_by)
         return Recording(str(path), written * FRAME_MS, ended_by)
+
+
+class _SpeechTurn:
+    """One answer being heard: endpointer -> streaming ASR, end silence adapted to partials."""
+
+    def __init__(
+        self,
+        ask: Ask,
+        asr: AsrEngine,
+        config: EndpointerConfig,
+        classifier: FrameClassifier | None,
+        hangover: Hangover | None,
+    ) -> None:
+        self._ask = ask
+        self._asr = asr
+        self._usual_ms = config.end_silence_ms
+        self._hangover = hangover
+        self._endpointer = Endpointer(config, sample_rate=CALL_RATE, classifier=classifier)
+        self._resampler = (
+            Resampler(CALL_RATE, asr.sample_rate) if asr.sample_rate != CALL_RATE else None
+        )
+        self._stream: AsrStream | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._stream is not None
+
+    def hear(self, frame: bytes) -> Answer | None:
+        endpointer = self._endpointer
+        event = endpointer.process(frame)
+        if isinstance(event, SpeechStarted):
+            self._stream = self._asr.open_stream(self._ask.options)
+            self._partial(self._stream.feed(_to_asr(self._resampler, event.pre_roll)))
+        elif self._stream is not None and endpointer.in_speech:
+            self._partial(self._stream.feed(_to_asr(self._resampler, frame)))
+        if isinstance(event, SpeechEnded) and self._stream is not None:
+            trailing_ms = (endpointer.frame_count - event.speech_end_at_frame) * FRAME_MS
+            speech_end_at = time.time() - trailing_ms / 1000
+            stream, self._stream = self._stream, None
+            result = stream.finish()
+            return Answer(result, speech_end_at, time.time(), endpointer.end_silence_ms)
+        return None
+
+    def _partial(self, result: AsrResult | None) -> None:
+        if result is not None and self._hangover is not None:
+            silence = self._hangover.end_silence_ms(self._ask, result.text, self._usual_ms)
+            self._endpointer.set_end_silence_ms(silence)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
 
 
 def _to_asr(resampler: Resampler | None, pcm: bytes) -> bytes:

@@ -2,9 +2,12 @@
 
 The media side (`push_frame`, `pull_frame`, `push_dtmf`) is called from telephony threads and
 never blocks: incoming frames go to a bounded queue, keys to a small buffer, outgoing frames
-come from the playout buffer. The worker thread drives the dialogue (`DialogRunner`) and
-performs its actions: speak (TTS -> resample -> playout), listen (endpointer -> streaming ASR,
-keys), call webhooks and chat models, transfer, record. It publishes call events for records.
+come from the playout buffer (and their levels to the echo reference). The worker thread
+drives the dialogue (`DialogRunner`) and performs its actions: speak (the `Speaker` thread
+renders prompts while the worker listens for barge-in), listen (endpointer -> streaming ASR,
+keys), call webhooks and chat models, transfer, record. It publishes call events for records,
+with the timings of every turn: end of the caller's speech, final recognition, the dialogue's
+decision, first reply audio ready, first reply audio sent.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.asr.base import AsrEngine, RecognitionOptions
+from app.call.bargein import BargeInConfig, BargeInDetector, EchoReference
 from app.call.dtmf import DtmfBuffer
-from app.call.endpointing import EndpointerConfig
+from app.call.endpointing import EndpointerConfig, FrameClassifier, webrtc_classifier
 from app.call.events import (
     DialogStarted,
     EventBus,
@@ -32,11 +36,14 @@ from app.call.events import (
     TurnCompleted,
     VariableSet,
 )
-from app.call.listening import Answer, Listener
+from app.call.hangover import Hangover
+from app.call.listening import Answer, Frame, Listener
+from app.call.speaking import Prompt, Speaker
 from app.dialog.actions import (
     Action,
     Ask,
     AskLlm,
+    BargeIn,
     CallTimeLimit,
     CallWebhook,
     DtmfInput,
@@ -54,14 +61,15 @@ from app.dialog.dialplan import Dialplan
 from app.dialog.runner import REDACTED, DialogRunner
 from app.media.audio import CALL_RATE
 from app.media.playout import PlayoutBuffer
-from app.media.resample import Resampler
 from app.services.llm import ChatClient, ChatReply
 from app.services.webhook import WebhookClient, WebhookResponse
 from app.tts.base import TtsEngine
+from app.tts.cache import PromptCache
 
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.1
+_FRAME_S = 0.02
 _TIME_LIMIT_GRACE_S = 60.0
 """After `on_max_duration` starts, how long its goodbye may take before the call is cut."""
 
@@ -74,6 +82,11 @@ class SessionConfig:
     """Per-call tuning; the defaults suit G.711 callers on a phone line."""
 
     endpointer: EndpointerConfig = field(default_factory=EndpointerConfig)
+    barge_in: BargeInConfig = field(default_factory=BargeInConfig)
+    hangover: Hangover = field(default_factory=Hangover)
+    classifier: Callable[[], FrameClassifier] | None = None
+    """A new speech/non-speech classifier per turn (None: webrtcvad at the endpointer's
+    aggressiveness). See `app.vad`."""
     no_input_ms: int = 6000
     inbound_queue_frames: int = 100  # 2 s of caller audio: the worker may lag, not block
     tts_voice: str | None = None
@@ -87,6 +100,7 @@ class CallServices:
     webhooks: WebhookClient | None = None
     chat: ChatClient | None = None
     transfer: TransferFunction | None = None
+    prompt_cache: PromptCache | None = None
 
 
 class CallSession:
@@ -113,15 +127,29 @@ class CallSession:
         self._request_hangup = request_hangup
         self._services = services or CallServices()
         self._initial = {**(variables or {}), "call_id": call_id}
-        self._inbound: queue.Queue[bytes] = queue.Queue(maxsize=config.inbound_queue_frames)
+        self._inbound: queue.Queue[Frame] = queue.Queue(maxsize=config.inbound_queue_frames)
         self._listening = False
         self._playout = PlayoutBuffer(rate=CALL_RATE)
+        self._echo = EchoReference()
+        self._speaker: Speaker | None = None  # created by the worker
+        self._held: list[bytes] | None = None
+        """Speech that barged into a prompt, waiting for the question it answers."""
+        self.codec = "PCMU"
+        self.barge_ins = 0
         self._ended = threading.Event()  # the caller is gone
         self._stop = threading.Event()  # stop what is in progress: hang-up or time limit
         self._time_up = threading.Event()
         self._interruptible = False
         self._keys = DtmfBuffer(on_key=self._on_key)
-        self._listener = Listener(self._inbound, self._keys, asr, config.endpointer, self._stop)
+        self._listener = Listener(
+            self._inbound,
+            self._keys,
+            asr,
+            config.endpointer,
+            self._stop,
+            hangover=config.hangover,
+            classifier=config.classifier,
+        )
         self._thread = threading.Thread(target=self._run, name=f"call-{call_id[:12]}", daemon=True)
         self._timer: threading.Timer | None = None
         self._turn_index = 0
@@ -140,21 +168,29 @@ class CallSession:
         if not self._listening:
             return
         try:
-            self._inbound.put_nowait(pcm)
+            self._inbound.put_nowait((self._echo.tick, pcm))
         except queue.Full:
             self.inbound_overruns += 1  # worker is behind: lose the newest audio, keep up
 
     def pull_frame(self) -> bytes | None:
         """One 20 ms frame of bot audio, or None (silence)."""
-        return self._playout.read()
+        frame = self._playout.read()
+        self._echo.played(frame)
+        return frame
 
     def push_dtmf(self, key: str) -> None:
         """A key the caller pressed (RFC 4733 or SIP INFO)."""
         self._keys.push(key)
 
+    def set_codec(self, name: str) -> None:
+        """The call's G.711 law ("PCMU"/"PCMA"): cached prompts are kept encoded in it."""
+        self.codec = name.upper()
+        if self._speaker is not None:
+            self._speaker.codec = self.codec
+
     def _on_key(self) -> None:
         if self._interruptible:
-            self._playout.clear()  # the write or drain wait in `_speak` returns at once
+            self._playout.clear()  # the prompt stops; `_speak` sees the key and returns
 
     # ------------------------------------------------------------ control
 
@@ -213,6 +249,14 @@ class CallSession:
             DialogStarted(self.call_id, self._dialplan.name, self._dialplan.version, time.time())
         )
         step = None
+        self._speaker = Speaker(
+            self._tts,
+            self._playout,
+            voice=self._config.tts_voice,
+            cache=self._services.prompt_cache,
+            name=f"speak-{self.call_id[:11]}",
+        )
+        self._speaker.codec = self.codec
         try:
             actions = runner.run()
             action: Action = next(actions)
@@ -234,6 +278,8 @@ class CallSession:
                     action = actions.throw(CallTimeLimit())
                 else:
                     action = actions.send(reply)
+                if self._pending is not None and self._pending.decided_at is None:
+                    self._pending = dataclasses.replace(self._pending, decided_at=time.time())
         except StopIteration:
             pass
         except Exception as exc:  # a broken engine must end this call cleanly, not the server
@@ -246,10 +292,13 @@ class CallSession:
             if not self._ended.is_set() and not self.transferred:
                 self._request_hangup()
             self._playout.close()
+            self._speaker.close()
 
     def _perform(self, action: Action) -> Reply:
+        if not isinstance(action, Say | Ask) and self._held is not None:
+            self._drop_held_speech()  # it answered nothing: the dialogue moved on
         if isinstance(action, Say):
-            self._speak(action.text, action.interruptible)
+            self._speak(action.text, action.barge_in, action.cacheable)
             return None
         if isinstance(action, Ask):
             return self._ask(action)
@@ -265,54 +314,89 @@ class CallSession:
 
     # ------------------------------------------------------------ speaking
 
-    def _speak(self, text: str, interruptible: bool = False) -> None:
-        """Synthesise `text` and play it to the end, or until hang-up, the time limit, or (when
-        `interruptible`) a key. Keys stay queued for the next question."""
+    def _speak(self, text: str, barge_in: BargeIn = "off", cacheable: bool = False) -> str:
+        """Play `text` to the end, or until hang-up, the time limit, or what `barge_in` allows.
+
+        Returns how it ended: "played", "skipped" (blank, or keys already typed ahead),
+        "dtmf" (a key stopped it; the keys stay queued), "speech" (the caller barged in; their
+        speech waits in `_held` for the question it answers) or "stopped" (hang-up, time limit).
+        """
         if not text.strip() or self._stop.is_set():
-            return
-        if interruptible and self._keys.pending():
-            return  # the caller typed ahead: skip straight to what they are answering
-        self._interruptible = interruptible
+            return "skipped"
+        if barge_in != "off" and (self._keys.pending() or self._held is not None):
+            return "skipped"  # the caller is already answering: go straight to the question
+        speaker = self._speaker
+        assert speaker is not None, "speaking before the worker started"
+        prompt = speaker.say(text, cacheable)
+        detector = None
+        if barge_in == "speech":
+            classifier = self._listener.new_classifier() or webrtc_classifier(
+                self._config.endpointer.aggressiveness
+            )
+            detector = BargeInDetector(self._config.barge_in, classifier, self._echo)
+            self._open_inbound(drain=True)
+        self._interruptible = barge_in != "off"
         try:
-            self._play(text)
+            return self._play(prompt, detector)
         finally:
             self._interruptible = False
+            if self._held is None:
+                self._listening = False
 
-    def _play(self, text: str) -> None:
-        self._playout.mark_prompt_start()
-        resampler = Resampler(self._tts.sample_rate, CALL_RATE)
-        for chunk in self._tts.synthesize(text, self._config.tts_voice):
-            if not self._playout.write(resampler.process(chunk), cancel=self._stop):
-                return
-            if self._interrupted_by_key():
-                return
-            self._publish_turn_once_heard()
-        self._playout.write(resampler.flush(), cancel=self._stop)
-        self._playout.end_of_prompt()
-        while not self._playout.wait_drained(timeout=_POLL_S, cancel=self._stop):
-            if self._stop.is_set() or self._playout.closed or self._interrupted_by_key():
-                return
-            self._publish_turn_once_heard()
-        if self._pending is not None:
-            self._flush_pending_turn(self._playout.first_read_at)
+    def _play(self, prompt: Prompt, detector: BargeInDetector | None) -> str:
+        speaker = self._speaker
+        assert speaker is not None
+        while True:
+            if self._stop.is_set() or self._playout.closed:
+                speaker.stop(prompt)
+                return "stopped"
+            if self._interruptible and self._keys.pending():
+                speaker.stop(prompt)
+                return "dtmf"
+            if prompt.error is not None:
+                raise prompt.error
+            if speaker.played(prompt):
+                self._flush_pending_turn(self._playout.first_read_at, prompt.tts_ready_at)
+                return "played"
+            self._publish_turn_once_heard(prompt)
+            if detector is None:
+                if prompt.rendered.is_set():
+                    self._playout.wait_drained(timeout=_FRAME_S, cancel=self._stop)
+                else:
+                    prompt.rendered.wait(_FRAME_S)
+                continue
+            frame = self._listener.next_frame(_FRAME_S)
+            if frame is not None and detector.process(frame[1], frame[0]):
+                dropped = speaker.stop(prompt)
+                self._held = detector.held()
+                self.barge_ins += 1
+                self._publish_turn_once_heard(prompt)
+                log.info(
+                    "call %s: caller barged in (%d ms of the prompt left unplayed)",
+                    self.call_id,
+                    dropped * 20,
+                )
+                return "speech"
 
-    def _interrupted_by_key(self) -> bool:
-        if self._interruptible and self._keys.pending():
-            self._playout.clear()
-            return True
-        return False
-
-    def _publish_turn_once_heard(self) -> None:
+    def _publish_turn_once_heard(self, prompt: Prompt) -> None:
         """The pending turn's reply has started playing: its latency is known now."""
         if self._pending is not None and self._playout.first_read_at is not None:
-            self._flush_pending_turn(self._playout.first_read_at)
+            self._flush_pending_turn(self._playout.first_read_at, prompt.tts_ready_at)
+
+    def _open_inbound(self, drain: bool) -> None:
+        """Let caller frames into the inbound queue (older audio dropped when `drain`)."""
+        if drain:
+            self._listener.drain_frames()
+        self._listening = True
+
+    def _drop_held_speech(self) -> None:
+        self._held = None
+        self._listening = False
 
     @contextlib.contextmanager
-    def _hearing_the_caller(self) -> Iterator[None]:
-        """Let caller frames into the inbound queue (fresh: older audio is dropped) while the
-        block listens or records."""
-        self._listener.drain_frames()
-        self._listening = True
+    def _hearing_the_caller(self, drain: bool = True) -> Iterator[None]:
+        """Caller frames reach the inbound queue while the block listens or records."""
+        self._open_inbound(drain)
         try:
             yield
         finally:
@@ -321,17 +405,25 @@ class CallSession:
     # ------------------------------------------------------------ listening
 
     def _ask(self, ask: Ask) -> Heard:
-        self._speak(ask.prompt, ask.interruptible)
-        if self._stop.is_set():
+        barge_in: BargeIn = ask.barge_in
+        if barge_in == "speech" and not ask.speech:
+            barge_in = "dtmf"  # a keys-only question: speech cannot answer it
+        ended = self._speak(ask.prompt, barge_in, ask.cacheable)
+        if ended == "stopped":
             return None
-        with self._hearing_the_caller():
-            answer = self._listener.collect(ask, ask.no_input_ms or self._config.no_input_ms)
+        held, self._held = self._held, None
+        if held is not None and not ask.speech:
+            held = None
+        with self._hearing_the_caller(drain=held is None):
+            answer = self._listener.collect(
+                ask, ask.no_input_ms or self._config.no_input_ms, preface=held or ()
+            )
         if self._ended.is_set():
             return None
-        self._note_turn(ask, answer)
+        self._note_turn(ask, answer, barged_in=held is not None)
         return answer.heard
 
-    def _note_turn(self, ask: Ask, answer: Answer) -> None:
+    def _note_turn(self, ask: Ask, answer: Answer, barged_in: bool = False) -> None:
         heard = answer.heard
         if isinstance(heard, DtmfInput):
             transcript, confidence, engine, grammar = heard.digits, 1.0, "dtmf", "dtmf"
@@ -355,11 +447,13 @@ class CallSession:
             speech_end_at=answer.speech_end_at,
             asr_final_at=answer.asr_final_at or (time.time() if heard is not None else None),
             first_audio_at=None,
+            barge_in=barged_in,
+            end_silence_ms=answer.end_silence_ms,
         )
         self._turn_index += 1
 
     def _record(self, record: Record) -> Recording:
-        self._speak(record.prompt, interruptible=False)
+        self._speak(record.prompt, "off")
         if self._stop.is_set():
             return Recording("", 0, "hangup")
         self._keys.clear()
@@ -382,7 +476,7 @@ class CallSession:
         return client.complete(action.request, cancel=self._stop)
 
     def _transfer(self, action: Transfer) -> TransferOutcome:
-        self._speak(action.prompt, interruptible=False)
+        self._speak(action.prompt, "off")
         if self._stop.is_set():
             return TransferOutcome(ok=False, error="caller hung up")
         transfer = self._services.transfer
@@ -404,11 +498,15 @@ class CallSession:
             )
         )
 
-    def _flush_pending_turn(self, first_audio_at: float | None) -> None:
+    def _flush_pending_turn(
+        self, first_audio_at: float | None, tts_ready_at: float | None = None
+    ) -> None:
         turn, self._pending = self._pending, None
         if turn is None:
             return
-        self._bus.publish(dataclasses.replace(turn, first_audio_at=first_audio_at))
+        self._bus.publish(
+            dataclasses.replace(turn, first_audio_at=first_audio_at, tts_ready_at=tts_ready_at)
+        )
 
 
 def _grammar_label(options: RecognitionOptions) -> str | None:

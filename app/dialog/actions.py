@@ -42,14 +42,26 @@ Heard = AsrResult | DtmfInput | None
 """The reply to an `Ask`: speech, keys, or None for no input before the timeout."""
 
 
+BargeIn = Literal["speech", "dtmf", "off"]
+"""What may stop a prompt: the caller's speech or a key ("speech"), only a key ("dtmf"), nothing
+("off"). Keys that stop a prompt stay queued for the next question (type-ahead); speech that
+stops it is kept, from its first syllable, and answers the question."""
+
+BARGE_IN_MODES: tuple[BargeIn, ...] = ("speech", "dtmf", "off")
+
+
 @dataclass(frozen=True, slots=True)
 class Say:
-    """Speak `text`. Reply: None. An interruptible prompt stops at a keypress (the keys stay
-    queued for the next question: type-ahead)."""
+    """Speak `text`. Reply: None.
+
+    `cacheable`: the text is the same on every call (no variables), so its audio may be kept
+    and reused across calls; never set for text that carries a caller's data.
+    """
 
     step: str
     text: str
-    interruptible: bool = True
+    barge_in: BargeIn = "dtmf"
+    cacheable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +80,13 @@ class Ask:
     no_input_ms: int | None = None
     end_silence_ms: int | None = None
     attempt: int = 1
-    interruptible: bool = True
+    slot: str = "text"
+    """The answer's type (`app.dialog.slots`), for endpointing: "digits", "number", ..."""
+    min_length: int | None = None
+    max_length: int | None = None
+    barge_in: BargeIn = "speech"
+    cacheable: bool = False
+    """The prompt is the same on every call (see `Say.cacheable`)."""
     sensitive: bool = False
     """The answer (a PIN) must not reach records or logs."""
 

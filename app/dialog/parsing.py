@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from app.asr.grammars import BUILTIN_GRAMMARS, DIGIT_WORDS
-from app.dialog.actions import DTMF_KEYS
+from app.dialog.actions import BARGE_IN_MODES, DTMF_KEYS
 from app.dialog.reader import VARIABLE_NAME, Reader, kind_name, suggest
 from app.dialog.slots import SLOT_TYPES
 from app.dialog.steps import (
@@ -80,7 +80,7 @@ class StepParser:
 
     def say(self, name: str, body: MarkedMap, where: str) -> SayStep | None:
         text = self.r.template(body, "say", where)
-        interruptible = self.r.boolean(body, "interruptible", where)
+        barge_in = self.r.one_of(body, "barge_in", where, BARGE_IN_MODES)
         next_ = self.r.text(body, "next", where)
         if text is None:
             return None
@@ -89,7 +89,7 @@ class StepParser:
             line=body.mark.line,
             next=next_,
             text=text,
-            interruptible=True if interruptible is None else interruptible,
+            barge_in=barge_in or "dtmf",  # type: ignore[arg-type]  # checked by one_of
         )
 
     def ask(self, name: str, body: MarkedMap, where: str) -> AskStep | None:
@@ -242,7 +242,7 @@ class StepParser:
             inter_digit_ms=self.r.integer(body, "inter_digit_ms", where, 500, 30_000) or 3000,
             no_input_ms=self.r.integer(body, "no_input_ms", where, 500, 120_000),
             end_silence_ms=self.r.integer(body, "end_silence_ms", where, 200, 10_000),
-            interruptible=self.r.boolean(body, "interruptible", where) is not False,
+            barge_in=self.r.one_of(body, "barge_in", where, BARGE_IN_MODES) or "speech",  # type: ignore[arg-type]
         )
 
     def _retries(self, body: MarkedMap, where: str) -> Retries:
@@ -611,10 +611,10 @@ _RETRY_KEYS = (
     "on_fail",
 )
 _COLLECT_KEYS = ("input", "dtmf_terminator", "dtmf_max_digits", "inter_digit_ms", "no_input_ms",
-                 "end_silence_ms", "interruptible")  # fmt: skip
+                 "end_silence_ms", "barge_in")  # fmt: skip
 KindParser = Callable[[StepParser, str, MarkedMap, str], Step | None]
 STEP_KINDS: dict[str, tuple[tuple[str, ...], KindParser]] = {
-    "say": (("interruptible", "next"), StepParser.say),
+    "say": (("barge_in", "next"), StepParser.say),
     "ask": (
         (
             "type",

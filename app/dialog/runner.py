@@ -31,6 +31,7 @@ from app.dialog.actions import (
     Action,
     Ask,
     AskLlm,
+    BargeIn,
     CallTimeLimit,
     CallWebhook,
     DtmfInput,
@@ -154,7 +155,8 @@ class DialogRunner:
             yield Hangup(step.name, "hangup step")
             raise _Done
         if isinstance(step, SayStep):
-            yield from self._say(step.name, step.text.render(self.variables), step.interruptible)
+            text = step.text.render(self.variables)
+            yield from self._say(step.name, text, step.barge_in, not step.text.variables)
             return step.next, "no next step"
         if isinstance(step, AskStep):
             return (yield from self._ask(step))
@@ -183,10 +185,12 @@ class DialogRunner:
 
     # -- speaking and listening ---------------------------------------------------------------
 
-    def _say(self, step: str, text: str, interruptible: bool) -> Generator[Action, Reply, None]:
+    def _say(
+        self, step: str, text: str, barge_in: BargeIn, cacheable: bool = False
+    ) -> Generator[Action, Reply, None]:
         if text.strip():
             self._remember("assistant", text)
-        reply = yield Say(step, text, interruptible)
+        reply = yield Say(step, text, barge_in, cacheable)
         if reply is not None:
             raise TypeError(f"Say expects None back, got {type(reply).__name__}")
 
@@ -194,8 +198,11 @@ class DialogRunner:
         if step.sensitive and step.into is not None:
             self._sensitive.add(step.into)
         dtmf = self._dtmf(step.collect, step.max_length)
-        question = self._question(
-            step.name, self._recognition(step), step.collect, dtmf, step.sensitive
+        question = replace(
+            self._question(step.name, self._recognition(step), step.collect, dtmf, step.sensitive),
+            slot=step.slot_type,
+            min_length=step.min_length,
+            max_length=step.max_length,
         )
         value, failure = yield from self._until_answered(
             question, step.prompt, step.retries, lambda heard: self._interpret(step, heard)
@@ -220,7 +227,9 @@ class DialogRunner:
             text, digits = _parts(heard)
             return slots.choice(text=text, dtmf=digits, choices=choices, keys=keys)
 
-        question = self._question(step.name, options, step.collect, dtmf, sensitive=False)
+        question = replace(
+            self._question(step.name, options, step.collect, dtmf, sensitive=False), slot="choice"
+        )
         value, failure = yield from self._until_answered(
             question, step.prompt, step.retries, choose, options_first=True
         )
@@ -245,10 +254,14 @@ class DialogRunner:
         failure: Failure = "no_input"
         misses = {"no_input": 0, "no_match": 0}
         for attempt in range(1, retries.count + 2):
-            text = self._prompt(prompt, retries, failure, attempt, misses)
+            template = self._prompt(prompt, retries, failure, attempt, misses)
+            text = template.render(self.variables)
             if text.strip():
                 self._remember("assistant", text)
-            heard = self._heard((yield replace(question, prompt=text, attempt=attempt)))
+            cacheable = not template.variables
+            heard = self._heard(
+                (yield replace(question, prompt=text, attempt=attempt, cacheable=cacheable))
+            )
             if not options_first:
                 self._check_agent(heard, question.step)
             value = None if heard is None else read(heard)
@@ -285,7 +298,7 @@ class DialogRunner:
             dtmf=dtmf,
             no_input_ms=collect.no_input_ms,
             end_silence_ms=collect.end_silence_ms,
-            interruptible=collect.interruptible,
+            barge_in=collect.barge_in,
             sensitive=sensitive,
         )
 
@@ -296,13 +309,12 @@ class DialogRunner:
         failure: Failure,
         attempt: int,
         misses: Mapping[str, int],
-    ) -> str:
+    ) -> Template:
         """The question, or after a failure the reprompt for the how-many-th failure of that
         kind (a no-match after a no-input gets the first no-match reprompt)."""
         if attempt == 1:
-            return first.render(self.variables)
-        reprompt = retries.reprompt(failure, misses[failure])
-        return (reprompt or first).render(self.variables)
+            return first
+        return retries.reprompt(failure, misses[failure]) or first
 
     def _recognition(self, step: AskStep) -> RecognitionOptions:
         if not step.collect.speech:
@@ -432,7 +444,7 @@ class DialogRunner:
         if step.into is not None:
             self._assign(step.name, step.into, reply.text)
         if step.speak:
-            yield from self._say(step.name, reply.text, True)
+            yield from self._say(step.name, reply.text, "speech")
         else:
             self._remember("assistant", reply.text)
         return step.next, "no next step"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from app.dialog.actions import BargeIn
 from app.dialog.template import Template
 
 CALL_VARIABLES = ("caller", "dialled", "call_id")
@@ -58,7 +59,7 @@ class SayStep(Step):
     """Speak `text`, then go to `next`."""
 
     text: Template
-    interruptible: bool = True
+    barge_in: BargeIn = "dtmf"
 
     def templates(self) -> tuple[tuple[str, Template], ...]:
         return (("say", self.text),)
@@ -115,7 +116,7 @@ class Collect:
     inter_digit_ms: int = 3000
     no_input_ms: int | None = None
     end_silence_ms: int | None = None
-    interruptible: bool = True
+    barge_in: BargeIn = "speech"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -51,9 +51,16 @@ def apply_event(session: Session, event: CallEvent, node: str) -> None:
         turn.grammar = event.grammar
         turn.speech_end_at = _ts(event.speech_end_at)
         turn.asr_final_at = _ts(event.asr_final_at)
+        turn.decided_at = _ts(event.decided_at)
+        turn.tts_ready_at = _ts(event.tts_ready_at)
         turn.first_audio_at = _ts(event.first_audio_at)
         turn.asr_ms = _ms(event.speech_end_at, event.asr_final_at)
+        turn.decide_ms = _ms(event.asr_final_at, event.decided_at)
+        turn.tts_ms = _ms(event.decided_at, event.tts_ready_at)
+        turn.playout_ms = _ms(event.tts_ready_at, event.first_audio_at)
         turn.response_ms = _ms(event.speech_end_at, event.first_audio_at)
+        turn.barge_in = event.barge_in
+        turn.end_silence_ms = event.end_silence_ms
     elif isinstance(event, CallEnded):
         call = _call(session, event.call_id, node)
         call.ended_at = _ts(event.ended_at)

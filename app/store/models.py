@@ -87,8 +87,15 @@ class Call(Base):
 
 
 class Turn(Base):
-    """One exchange of a call. `asr_ms`: speech end to final result; `response_ms`: speech end
-    to the first audio of the reply. Stored rather than computed so reports need no date maths."""
+    """One exchange of a call, with its latency budget stage by stage.
+
+    Timestamps: end of the caller's speech, final recognition, the dialogue's decision, first
+    reply audio ready (TTS or prompt cache), first reply audio sent. Durations, stored rather
+    than computed so reports need no date maths: `asr_ms` speech end -> final result,
+    `decide_ms` final result -> decision (webhooks, LLM), `tts_ms` decision -> audio ready,
+    `playout_ms` audio ready -> first frame sent, `response_ms` speech end -> first frame sent
+    (what the caller feels). `barge_in`: the answer interrupted the prompt; `end_silence_ms`:
+    the silence that ended it (adaptive endpointing)."""
 
     __tablename__ = "turns"
 
@@ -104,9 +111,16 @@ class Turn(Base):
     grammar: Mapped[str | None] = mapped_column(String)
     speech_end_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     asr_final_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    decided_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    tts_ready_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     first_audio_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     asr_ms: Mapped[float | None] = mapped_column(Float)
+    decide_ms: Mapped[float | None] = mapped_column(Float)
+    tts_ms: Mapped[float | None] = mapped_column(Float)
+    playout_ms: Mapped[float | None] = mapped_column(Float)
     response_ms: Mapped[float | None] = mapped_column(Float)
+    barge_in: Mapped[bool | None] = mapped_column(Boolean)
+    end_silence_ms: Mapped[int | None] = mapped_column(Integer)
 
 
 class CallVariable(Base):

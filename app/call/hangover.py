@@ -1,0 +1,67 @@
+"""Adaptive end of turn: how much silence ends the caller's answer, given what we heard so far.
+
+One fixed silence is wrong both ways. People read account numbers in groups ("four five
+seven one ... two two nine"), pausing half a second or more between them: a short silence cuts
+them off mid-number. People who said "yes" are done: a long silence only makes the bot slow.
+So while the streaming recogniser's partial result is an incomplete answer (fewer digits than
+the question needs, a number ending in "hundred" or "and") the turn waits `incomplete_ms`; once
+it is a complete one (all the digits a fixed-length answer takes, a yes or no, one of a menu's
+options) it ends after `complete_ms`; otherwise the question's usual end silence applies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.asr.grammars import digits_from_words
+from app.dialog import slots
+from app.dialog.actions import Ask
+
+_CONTINUES = frozenset({"and", "hundred", "thousand", "million", "point", "minus", "oh"})
+
+
+@dataclass(frozen=True, slots=True)
+class Hangover:
+    """Silences (ms) for incomplete and complete answers; see the module docstring."""
+
+    incomplete_ms: int = 1000
+    complete_ms: int = 250
+
+    def __post_init__(self) -> None:
+        if not 0 < self.complete_ms <= self.incomplete_ms:
+            raise ValueError(
+                "need 0 < complete_ms <= incomplete_ms, got "
+                f"{self.complete_ms} and {self.incomplete_ms}"
+            )
+
+    def end_silence_ms(self, ask: Ask, partial: str, usual_ms: int) -> int:
+        """The silence that should end the turn now, after hearing `partial` so far."""
+        state = answer_state(ask, partial)
+        if state == "incomplete":
+            return max(usual_ms, self.incomplete_ms)
+        if state == "complete":
+            return min(usual_ms, self.complete_ms)
+        return usual_ms
+
+
+def answer_state(ask: Ask, partial: str) -> str:
+    """ "incomplete", "complete" or "open" (nothing to say either way) for `partial`."""
+    words = partial.lower().split()
+    if not words:
+        return "open"
+    if ask.slot == "digits":
+        count = len(digits_from_words(partial))
+        wanted = ask.max_length or ask.min_length
+        if ask.max_length is not None and count >= ask.max_length:
+            return "complete"
+        if wanted is None or count < (ask.min_length or 1):
+            return "incomplete"
+        return "incomplete" if count < wanted else "open"
+    if ask.slot == "number":
+        return "incomplete" if words[-1] in _CONTINUES else "open"
+    if ask.slot == "yes_no":
+        return "complete" if slots.yes_no(partial) is not None else "open"
+    phrases = {p.lower() for p in (*ask.options.phrases, *ask.options.extra_phrases)}
+    if ask.slot == "choice" and " ".join(words) in phrases:
+        return "complete"
+    return "open"
