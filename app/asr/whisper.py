@@ -1,0 +1,464 @@
+"""Whisper streaming ASR on faster-whisper (CTranslate2), partials by LocalAgreement-2.
+
+Whisper is an offline model: it transcribes a buffer, it does not stream. A stream here keeps
+the turn's audio (8 kHz from the call, upsampled to 16 kHz as it arrives) and, every
+`partial_interval_s` of new audio, decodes the whole buffer again on a worker thread.
+`app.asr.agreement.LocalAgreement` commits the words two decodes in a row agree on; a partial
+result is the committed words plus the latest decode's tail. `finish()` decodes the whole
+utterance once more, with the full beam, and that is the final result: the partials only show
+progress. A turn is short (the endpointer caps it at 15 s by default) and Whisper's encoder
+pads every input to 30 s anyway, so a re-decode of the whole buffer costs one fixed-size
+encoder pass plus decoding the words so far, and ufal/whisper_streaming's buffer trimming is not
+needed. Past `max_partial_s` (25 s, inside one 30 s window) partial decodes stop and only the
+final one runs.
+
+CPU: `feed()` never decodes on the caller's thread (the call worker must keep reading frames).
+Decodes share the engine's `max_concurrent` slots (default `num_workers`, the model's parallel
+CTranslate2 workers): a partial decode runs only when a slot is free at once and is skipped
+otherwise, so partials never queue up behind each other or delay a final; a final waits for a
+slot up to `acquire_timeout_s`. Partials decode greedily (beam 1), finals with `beam_size`.
+
+Grammars: Whisper takes none. A turn's options become decoding hints (`hints_for`): phrase
+lists, extra phrases and a JSGF grammar's words become `hotwords`; the digits grammar a prompt
+written in numerals, and its text is normalised afterwards to spoken digit words ("4 1 7" ->
+"four one seven"), as the PocketSphinx grammar would give it, or to an extra phrase when the
+caller said one. Open-vocabulary text is Whisper's own, capitalised and punctuated;
+`app.dialog.slots` reads both numerals and words.
+
+Why not the PyPI package `whisper-streaming` (0.1.0, read with `pip download --no-deps`): it
+requires `pyalsaaudio` unconditionally, which is published as an sdist only (0.11.0) and
+compiles a C extension against `<alsa/asoundlib.h>` (libasound2-dev), and it requires librosa,
+opus-fast-mosestokenizer and websockets, none of which a server fed PCM by PJSIP uses; its
+`faster-whisper` extra pins faster-whisper==1.1.1; and its `ASRProcessor` is built around its
+own audio loop, an `AudioReceiver` thread (ALSA or a file) feeding a queue and an
+`OutputSender` thread (print or websocket), where our call worker pushes 20 ms frames and pulls
+results. The policy itself is small, so it is implemented here (`app.asr.agreement`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from app.asr.agreement import LocalAgreement
+from app.asr.base import AsrEngine, AsrError, AsrResult, AsrStream, RecognitionOptions
+from app.asr.grammars import (
+    BUILTIN_GRAMMARS,
+    DIGIT_WORDS,
+    TEEN_WORDS,
+    TENS_WORDS,
+    grammar_words,
+    phrase_words,
+)
+from app.media.audio import CALL_RATE
+from app.media.resample import Resampler
+
+if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
+
+log = logging.getLogger(__name__)
+
+ENGINE_NAME = "whisper"
+MODEL_RATE = 16000
+MODEL_FILES = ("model.bin", "config.json", "tokenizer.json")
+DEVICES = ("cpu", "cuda", "auto")
+
+# Whisper follows the style of its prompt: numerals here make it write a read-out number as
+# numerals ("4 1 7 0") rather than as words it may mis-spell ("for", "to").
+DIGITS_PROMPT = "Account number 4 1 7 0 9 2 8 3. PIN 5 6 0 0."
+# A 15 s turn holds about 45 words; the cap stops a hallucination loop early and keeps
+# prompt + output under Whisper's 448-token limit (hotwords are cut at 223 tokens).
+MAX_NEW_TOKENS = 128
+
+_INSTALL = "pip install 'switchboard[whisper]'"
+_SAMPLE_BYTES = 2
+_NUMERALS = {digit: word for word, digit in DIGIT_WORDS.items() if word not in ("oh", "o")}
+_REPEATS = {"double": 2, "triple": 3}
+# Number words that are not one digit: kept in digits text so `digits_from_words` refuses
+# them (a guess would store a wrong number) instead of silently dropping them.
+_NOT_ONE_DIGIT = frozenset((*TEEN_WORDS, *TENS_WORDS, "hundred", "thousand", "million"))
+_DIGIT_TOKEN = re.compile(r"[0-9]|[a-z']+")
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(key: str, message: str) -> None:
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    log.warning(message)
+
+
+@dataclass(frozen=True, slots=True)
+class WhisperHints:
+    """How one turn's `RecognitionOptions` are put to Whisper, which takes no grammar."""
+
+    language: str
+    initial_prompt: str | None = None
+    hotwords: str | None = None
+    digits: bool = False
+    extra_phrases: tuple[str, ...] = ()
+
+
+def whisper_language(language: str) -> str:
+    """A dialplan language tag as Whisper's language code: "en-US" -> "en". AsrError if unknown."""
+    try:
+        from faster_whisper.tokenizer import _LANGUAGE_CODES  # the model's own list
+    except ImportError as exc:
+        raise AsrError(f"faster-whisper is not installed ({exc}): {_INSTALL}") from exc
+    code = re.split(r"[-_]", language.strip(), maxsplit=1)[0].lower()
+    if code not in _LANGUAGE_CODES:
+        raise AsrError(f"Whisper has no language {language!r} (codes such as en, de, fr, es)")
+    return code
+
+
+def hints_for(options: RecognitionOptions) -> WhisperHints:
+    """Map a turn's constraint to prompt, hotwords and output normalisation. AsrError if bad."""
+    given = [name for name in ("grammar", "phrases", "jsgf") if getattr(options, name)]
+    if len(given) > 1:
+        raise AsrError(f"give only one of a grammar, a phrase list or a JSGF text, not {given}")
+    language = whisper_language(options.language)
+    extra = _phrases(options.extra_phrases, "extra phrase")
+    if options.grammar:
+        if options.grammar not in BUILTIN_GRAMMARS:
+            known = ", ".join(sorted(BUILTIN_GRAMMARS))
+            raise AsrError(f"unknown grammar {options.grammar!r} (built-in: {known})")
+        if options.grammar == "digits":
+            return WhisperHints(language, DIGITS_PROMPT, _hotwords(extra), True, extra)
+        if options.grammar == "yes_no":
+            return WhisperHints(language, hotwords=_hotwords(("yes", "no", *extra)))
+        # number, date, time: Whisper writes them as numerals, which the slots read.
+        return WhisperHints(language, hotwords=_hotwords(extra))
+    if options.phrases:
+        phrases = _phrases(options.phrases, "phrase")
+        return WhisperHints(language, hotwords=_hotwords((*phrases, *extra)))
+    if options.jsgf:
+        _warn_once("jsgf", "Whisper takes no grammar: a JSGF grammar's words are only hotwords")
+        words = sorted(grammar_words(options.jsgf))
+        return WhisperHints(language, hotwords=_hotwords((*words, *extra)))
+    return WhisperHints(language, hotwords=_hotwords(extra))
+
+
+def _phrases(phrases: Iterable[str], what: str) -> tuple[str, ...]:
+    out = []
+    for phrase in phrases:
+        words = phrase_words(phrase)
+        if not words:
+            raise AsrError(f"{what} {phrase!r} has no words")
+        out.append(" ".join(words))
+    return tuple(dict.fromkeys(out))
+
+
+def _hotwords(phrases: Sequence[str]) -> str | None:
+    return ", ".join(dict.fromkeys(phrases)) or None
+
+
+def normalise_digits(text: str, extra_phrases: Sequence[str] = ()) -> str:
+    """Whisper's text under the digits grammar -> spoken digit words.
+
+    "4170, 92." -> "four one seven zero nine two"; "double 5" -> "five five"; "oh" and "O" ->
+    "oh"; number words that are not one digit ("twenty") are kept, anything else dropped. When
+    the text holds one of `extra_phrases` (normalised, e.g. "agent") that phrase is the result,
+    as a grammar with extra phrases would give it.
+    """
+    spoken = f" {' '.join(phrase_words(text.replace(',', ' ')))} "
+    for phrase in extra_phrases:
+        if f" {phrase} " in spoken:
+            return phrase
+    out: list[str] = []
+    repeat = 1
+    for token in _DIGIT_TOKEN.findall(text.casefold()):
+        if token in _REPEATS:
+            repeat = _REPEATS[token]
+            continue
+        if token.isdigit():
+            word = _NUMERALS[token]
+        elif token in ("oh", "o"):
+            word = "oh"
+        elif token in DIGIT_WORDS:
+            word = token
+        elif token in _NOT_ONE_DIGIT:
+            out.append(token)
+            repeat = 1
+            continue
+        else:
+            continue  # "my", "number", "is", "uh": a digits turn keeps digits only
+        out.extend([word] * repeat)
+        repeat = 1
+    return " ".join(out)
+
+
+def _load_model(
+    path: Path, device: str, compute_type: str, cpu_threads: int, num_workers: int
+) -> WhisperModel:
+    fetch = (
+        "e.g. on a machine with network: `hf download Systran/faster-whisper-tiny.en "
+        f"--local-dir {path}` (or convert a model with ct2-transformers-converter)"
+    )
+    if not path.is_dir():
+        raise AsrError(
+            f"faster-whisper model directory {path} not found: put a CTranslate2 Whisper model "
+            f"there ({', '.join(MODEL_FILES)}), {fetch}"
+        )
+    missing = [name for name in MODEL_FILES if not (path / name).is_file()]
+    if missing:
+        raise AsrError(
+            f"{path} is not a faster-whisper model directory: {', '.join(missing)} missing "
+            f"(the server never downloads); {fetch}"
+        )
+    try:
+        from faster_whisper import WhisperModel
+    except ImportError as exc:
+        raise AsrError(f"faster-whisper is not installed ({exc}): {_INSTALL}") from exc
+    try:
+        return WhisperModel(
+            str(path),
+            device=device,
+            compute_type=compute_type,
+            cpu_threads=cpu_threads,
+            num_workers=num_workers,
+            local_files_only=True,
+        )
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise AsrError(
+            f"faster-whisper could not load {path} on {device} ({compute_type}): {exc}"
+        ) from exc
+
+
+class WhisperEngine(AsrEngine):
+    """faster-whisper loaded once per engine, decoding for every call's streams.
+
+    `model` is a model directory (CTranslate2 conversion: model.bin, config.json,
+    tokenizer.json), or an already loaded `faster_whisper.WhisperModel` to share between
+    engines. `device` "cpu" (with compute_type "int8") or "cuda" ("float16"). `language` is used
+    for streams opened without options; options carry their own ("en-US" -> "en").
+    `partial_interval_s`: seconds of new audio between partial decodes (None: no partials).
+    """
+
+    name = ENGINE_NAME
+    sample_rate = CALL_RATE
+
+    def __init__(
+        self,
+        model: str | Path | WhisperModel,
+        device: str = "cpu",
+        compute_type: str = "int8",
+        language: str = "en",
+        beam_size: int = 5,
+        cpu_threads: int = 1,
+        num_workers: int = 1,
+        max_concurrent: int | None = None,
+        partial_interval_s: float | None = 1.0,
+        max_partial_s: float = 25.0,
+        acquire_timeout_s: float = 10.0,
+    ) -> None:
+        if device not in DEVICES:
+            raise AsrError(f"whisper device must be one of {', '.join(DEVICES)}, got {device!r}")
+        if beam_size < 1 or num_workers < 1:
+            raise AsrError(
+                f"whisper beam_size and num_workers must be >= 1, got {beam_size}, {num_workers}"
+            )
+        if cpu_threads < 0:  # 0: CTranslate2's default (4, or OMP_NUM_THREADS)
+            raise AsrError(f"whisper cpu_threads must be >= 0, got {cpu_threads}")
+        max_concurrent = num_workers if max_concurrent is None else max_concurrent
+        if max_concurrent < 1:
+            raise AsrError(f"whisper max_concurrent must be >= 1, got {max_concurrent}")
+        if partial_interval_s is not None and partial_interval_s <= 0:
+            raise AsrError(f"whisper partial_interval_s must be positive, got {partial_interval_s}")
+        self.beam_size = beam_size
+        self.partial_interval_s = partial_interval_s
+        self.max_partial_s = max_partial_s
+        self.acquire_timeout_s = acquire_timeout_s
+        self.max_concurrent = max_concurrent
+        if isinstance(model, (str, Path)):
+            self.model_path: Path | None = Path(model).expanduser()
+            self._model: Any = _load_model(
+                self.model_path, device, compute_type, cpu_threads, num_workers
+            )
+        else:
+            self.model_path = None
+            self._model = model
+        # English-only models (*.en) say so; a shared or stand-in model without the flag is
+        # taken to be multilingual and left to faster-whisper.
+        self.multilingual = bool(getattr(getattr(self._model, "model", None), "is_multilingual", 1))
+        self.language = self._check_language(whisper_language(language))
+        self._slots = threading.Semaphore(max_concurrent)
+        self._executor = ThreadPoolExecutor(max_concurrent, thread_name_prefix="whisper-partial")
+
+    def open_stream(self, options: RecognitionOptions | None = None) -> WhisperStream:
+        hints = WhisperHints(self.language) if options is None else hints_for(options)
+        self._check_language(hints.language)
+        return WhisperStream(self, hints)
+
+    def check_options(self, options: RecognitionOptions) -> None:
+        """Raise AsrError if `options` could not be recognised (for validating a dialplan)."""
+        self._check_language(hints_for(options).language)
+
+    def close(self) -> None:
+        """Stop the partial-decode threads (a decode in progress finishes)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _check_language(self, language: str) -> str:
+        if language != "en" and not self.multilingual:
+            raise AsrError(f"the Whisper model {self.model_path} is English-only, not {language!r}")
+        return language
+
+    def _decode_partial(self, audio: bytes, hints: WhisperHints) -> Future[str] | None:
+        """Start a greedy decode on a worker if a slot is free now; else None (skip it)."""
+        if not self._slots.acquire(blocking=False):
+            return None
+        try:
+            future = self._executor.submit(self._transcribe, audio, hints, 1)
+        except RuntimeError:  # shut down: no more partials
+            self._slots.release()
+            return None
+        future.add_done_callback(lambda _: self._slots.release())  # run, failed or cancelled
+        return future
+
+    def _decode_final(self, audio: bytes, hints: WhisperHints) -> tuple[str, float]:
+        if not self._slots.acquire(timeout=self.acquire_timeout_s):
+            raise AsrError(
+                f"all {self.max_concurrent} Whisper decoding slots stayed busy for "
+                f"{self.acquire_timeout_s:.1f} s (raise num_workers / max_concurrent?)"
+            )
+        try:
+            return self._transcribe_scored(audio, hints, self.beam_size)
+        finally:
+            self._slots.release()
+
+    def _transcribe(self, audio: bytes, hints: WhisperHints, beam_size: int) -> str:
+        return self._transcribe_scored(audio, hints, beam_size)[0]
+
+    def _transcribe_scored(
+        self, audio: bytes, hints: WhisperHints, beam_size: int
+    ) -> tuple[str, float]:
+        """(text, confidence) of 16 kHz PCM; confidence = exp(mean token log-probability)."""
+        samples = np.frombuffer(audio, dtype="<i2").astype(np.float32) / 32768.0
+        try:
+            segments, _info = self._model.transcribe(
+                samples,
+                language=hints.language,
+                beam_size=beam_size,
+                temperature=0.0,  # no sampling fallback: bounded, repeatable latency
+                condition_on_previous_text=False,
+                initial_prompt=hints.initial_prompt,
+                hotwords=hints.hotwords,
+                without_timestamps=True,
+                vad_filter=False,  # the call's endpointer already cut the turn
+                max_new_tokens=MAX_NEW_TOKENS,
+            )
+            segments = list(segments)  # the decoding runs here, lazily
+        except AsrError:
+            raise
+        except Exception as exc:
+            raise AsrError(f"Whisper could not decode: {exc}") from exc
+        texts = [segment.text.strip() for segment in segments]
+        text = " ".join(t for t in texts if t)
+        weights = [max(1, len(segment.tokens)) for segment in segments]
+        if not text or not weights:
+            return "", 0.0
+        logprob = sum(s.avg_logprob * w for s, w in zip(segments, weights, strict=True))
+        confidence = math.exp(min(0.0, logprob / sum(weights)))
+        return text, confidence
+
+    def _words(self, text: str, hints: WhisperHints) -> list[str]:
+        if hints.digits:
+            text = normalise_digits(text, hints.extra_phrases)
+        return text.split()
+
+
+class WhisperStream(AsrStream):
+    """One utterance: the audio so far, a partial decode in flight at most, the agreement."""
+
+    def __init__(self, engine: WhisperEngine, hints: WhisperHints) -> None:
+        self._engine = engine
+        self.hints = hints
+        self._resampler = Resampler(CALL_RATE, MODEL_RATE)
+        self._audio = bytearray()  # 16 kHz PCM
+        self._agreement = LocalAgreement(2)
+        self._pending: Future[str] | None = None
+        self._decoded_bytes = 0
+        self._partial = ""
+        self._open = True
+
+    def feed(self, pcm: bytes) -> AsrResult | None:
+        """Buffer `pcm`; a partial (confidence 0) when a finished decode changed the text."""
+        self._check_open("feed")
+        if len(pcm) % _SAMPLE_BYTES:
+            raise AsrError(f"PCM must be whole 16-bit samples, got {len(pcm)} bytes")
+        self._audio += self._resampler.process(pcm)
+        changed = self._collect()
+        self._maybe_decode()
+        text = self._agreement.text
+        if not changed or text == self._partial:
+            return None
+        self._partial = text
+        return AsrResult(text, 0.0, is_final=False, engine=ENGINE_NAME)
+
+    def finish(self) -> AsrResult:
+        """Decode the whole utterance with the full beam: the final text and its confidence."""
+        self._check_open("finish")
+        self._open = False
+        self._pending = None  # a partial still running frees its own slot
+        self._audio += self._resampler.flush()
+        if not self._audio:
+            return AsrResult("", 0.0, is_final=True, engine=ENGINE_NAME)
+        text, confidence = self._engine._decode_final(bytes(self._audio), self.hints)
+        text = " ".join(self._engine._words(text, self.hints))
+        return AsrResult(text, confidence if text else 0.0, is_final=True, engine=ENGINE_NAME)
+
+    def close(self) -> None:
+        self._open = False
+        self._pending = None
+
+    @property
+    def decoding(self) -> bool:
+        """True while a partial decode of this stream is running."""
+        return self._pending is not None and not self._pending.done()
+
+    @property
+    def buffered_s(self) -> float:
+        """Seconds of audio in the utterance so far (at the model's rate)."""
+        return len(self._audio) / (MODEL_RATE * _SAMPLE_BYTES)
+
+    def _check_open(self, verb: str) -> None:
+        if not self._open:
+            raise AsrError(f"{verb}() on a stream that is already finished or closed")
+
+    def _collect(self) -> bool:
+        """Take a finished partial decode into the agreement; True if one was taken."""
+        pending = self._pending
+        if pending is None or not pending.done():
+            return False
+        self._pending = None
+        try:
+            text = pending.result()
+        except Exception as exc:  # a partial is best effort; finish() reports real failures
+            log.warning("Whisper partial decode failed: %s", exc)
+            return False
+        self._agreement.insert(self._engine._words(text, self.hints))
+        return True
+
+    def _maybe_decode(self) -> None:
+        interval = self._engine.partial_interval_s
+        if interval is None or self._pending is not None:
+            return
+        size = len(self._audio)
+        if size - self._decoded_bytes < interval * MODEL_RATE * _SAMPLE_BYTES:
+            return
+        if size > self._engine.max_partial_s * MODEL_RATE * _SAMPLE_BYTES:
+            return
+        future = self._engine._decode_partial(bytes(self._audio), self.hints)
+        if future is not None:
+            self._pending = future
+            self._decoded_bytes = size
