@@ -106,6 +106,8 @@ def test_answer_state_by_slot() -> None:
     assert answer_state(pin, "four one seven two") == "complete"
     account = ask("digits", 4, 12)
     assert answer_state(account, "four one seven two") == "incomplete"  # may go on to 12
+    assert answer_state(ask("digits", 4), "four one seven") == "incomplete"
+    assert answer_state(ask("digits", 4), "four one seven two") == "open"  # no maximum
     assert answer_state(ask("number"), "two hundred and") == "incomplete"
     assert answer_state(ask("number"), "two hundred") == "incomplete"  # "... and five"?
     assert answer_state(ask("number"), "two hundred five") == "open"

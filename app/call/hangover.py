@@ -4,9 +4,12 @@ One fixed silence is wrong both ways. People read account numbers in groups ("fo
 seven one ... two two nine"), pausing half a second or more between them: a short silence cuts
 them off mid-number. People who said "yes" are done: a long silence only makes the bot slow.
 So while the streaming recogniser's partial result is an incomplete answer (fewer digits than
-the question needs, a number ending in "hundred" or "and") the turn waits `incomplete_ms`; once
-it is a complete one (all the digits a fixed-length answer takes, a yes or no, one of a menu's
-options) it ends after `complete_ms`; otherwise the question's usual end silence applies.
+the question's maximum, or than its minimum when it has none; a number ending in "hundred" or
+"and") the turn waits `incomplete_ms`; once it is a complete one (the maximum number of digits,
+a yes or no, one of a menu's options) it ends after `complete_ms`; otherwise the question's
+usual end silence applies. A fixed-length code (min = max) so ends fast, an account number of
+4 to 12 digits waits for the caller's next group. An empty
+partial says nothing (recognisers revise their first guesses to nothing): it changes nothing.
 """
 
 from __future__ import annotations
@@ -51,12 +54,11 @@ def answer_state(ask: Ask, partial: str) -> str:
         return "open"
     if ask.slot == "digits":
         count = len(digits_from_words(partial))
-        wanted = ask.max_length or ask.min_length
-        if ask.max_length is not None and count >= ask.max_length:
-            return "complete"
-        if wanted is None or count < (ask.min_length or 1):
-            return "incomplete"
-        return "incomplete" if count < wanted else "open"
+        if ask.max_length is not None:
+            # below the maximum a caller may well go on: account numbers are read in groups,
+            # and a recogniser that inserted a digit must not end the turn before the last one
+            return "complete" if count >= ask.max_length else "incomplete"
+        return "incomplete" if count < (ask.min_length or 1) else "open"
     if ask.slot == "number":
         return "incomplete" if words[-1] in _CONTINUES else "open"
     if ask.slot == "yes_no":

@@ -233,7 +233,7 @@ class _SpeechTurn:
         return None
 
     def _partial(self, result: AsrResult | None) -> None:
-        if result is not None and self._hangover is not None:
+        if result is not None and result.text.strip() and self._hangover is not None:
             silence = self._hangover.end_silence_ms(self._ask, result.text, self._usual_ms)
             self._endpointer.set_end_silence_ms(silence)
 
