@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import wave
 from pathlib import Path
@@ -27,8 +26,8 @@ from app.asr.vosk import UNKNOWN, VoskEngine, VoskStream, grammar_phrases
 from app.media.audio import CALL_RATE, frame_bytes
 from app.media.g711 import pcm_to_ulaw, ulaw_to_pcm
 from app.media.resample import resample
+from tests.model_files import models_root
 
-MODELS_ENV = "SWITCHBOARD_MODELS_DIR"
 VOSK_MODEL = "vosk-model-small-en-us-0.15"
 FRAME = frame_bytes(CALL_RATE)
 DIGIT_VOCABULARY = ["eight", "five", "four", "nine", "oh", "one", "seven", "six", "three", "two"]
@@ -216,19 +215,9 @@ def test_stream_misuse_is_an_asr_error() -> None:
 # --- real weights --------------------------------------------------------------------------
 
 
-def _model_dir(sub: str) -> Path:
-    root = os.environ.get(MODELS_ENV)
-    if not root:
-        pytest.skip(f"needs weights: set {MODELS_ENV} to a directory holding {sub}/")
-    path = Path(root) / sub
-    if not path.exists():
-        pytest.skip(f"needs weights: {MODELS_ENV}={root} has no {sub}/")
-    return path
-
-
 @pytest.fixture(scope="module")
 def engine() -> VoskEngine:
-    return VoskEngine(_model_dir(VOSK_MODEL))
+    return VoskEngine(models_root(VOSK_MODEL) / VOSK_MODEL)
 
 
 def _read(path: Path) -> tuple[bytes, int]:

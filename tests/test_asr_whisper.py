@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
 import threading
 import time
@@ -41,8 +40,8 @@ from app.asr.whisper import (
 from app.media.audio import CALL_RATE, frame_bytes
 from app.media.g711 import pcm_to_ulaw, ulaw_to_pcm
 from app.media.resample import resample
+from tests.model_files import models_root
 
-MODELS_ENV = "SWITCHBOARD_MODELS_DIR"
 WHISPER_MODEL = "faster-whisper-tiny.en"
 FRAME = frame_bytes(CALL_RATE)
 SILENCE_FRAME = b"\x00" * FRAME
@@ -592,19 +591,9 @@ def test_check_options_validates_without_decoding() -> None:
 # --- real weights --------------------------------------------------------------------------
 
 
-def _model_dir(sub: str) -> Path:
-    root = os.environ.get(MODELS_ENV)
-    if not root:
-        pytest.skip(f"needs weights: set {MODELS_ENV} to a directory holding {sub}/")
-    path = Path(root) / sub
-    if not path.exists():
-        pytest.skip(f"needs weights: {MODELS_ENV}={root} has no {sub}/")
-    return path
-
-
 @pytest.fixture(scope="module")
 def real_engine() -> WhisperEngine:
-    return WhisperEngine(_model_dir(WHISPER_MODEL), cpu_threads=2)
+    return WhisperEngine(models_root(WHISPER_MODEL) / WHISPER_MODEL, cpu_threads=2)
 
 
 def _telephone(path: Path) -> bytes:

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,8 +27,8 @@ from app.media.audio import CALL_RATE, pcm_duration
 from app.media.resample import resample
 from app.tts.base import TtsError
 from app.tts.piper import PiperEngine
+from tests.model_files import models_root
 
-MODELS_ENV = "SWITCHBOARD_MODELS_DIR"
 PIPER_VOICE = "en_US-lessac-medium"
 SAMPLES_PER_ID = 200
 THREE_SENTENCES = "Hello there. Your balance is five dollars! Is that right?"
@@ -270,20 +269,9 @@ def test_a_failure_mid_prompt_is_a_tts_error_after_the_audio_so_far(voices: Path
 # --- real weights --------------------------------------------------------------------------
 
 
-def _weights(*names: str) -> Path:
-    root = os.environ.get(MODELS_ENV)
-    wanted = " and ".join(names)
-    if not root:
-        pytest.skip(f"needs weights: set {MODELS_ENV} to a directory holding {wanted}")
-    missing = [n for n in names if not (Path(root) / n).exists()]
-    if missing:
-        pytest.skip(f"needs weights: {MODELS_ENV}={root} has no {', '.join(missing)}")
-    return Path(root)
-
-
 @pytest.fixture(scope="module")
 def real_engine() -> PiperEngine:
-    root = _weights(f"{PIPER_VOICE}.onnx", f"{PIPER_VOICE}.onnx.json")
+    root = models_root(f"{PIPER_VOICE}.onnx", f"{PIPER_VOICE}.onnx.json")
     return PiperEngine(root / f"{PIPER_VOICE}.onnx", cpu_threads=2)
 
 
@@ -313,7 +301,7 @@ def test_real_length_scale_slows_speech(real_engine: PiperEngine) -> None:
 
 
 def test_real_speech_is_recognised_by_vosk(real_engine: PiperEngine) -> None:
-    root = _weights("vosk-model-small-en-us-0.15")
+    root = models_root("vosk-model-small-en-us-0.15")
     from app.asr.base import RecognitionOptions
     from app.asr.grammars import digits_from_words
     from app.asr.vosk import VoskEngine

@@ -68,7 +68,6 @@ from app.tts.cache import PromptCache
 
 log = logging.getLogger(__name__)
 
-_POLL_S = 0.1
 _FRAME_S = 0.02
 _TIME_LIMIT_GRACE_S = 60.0
 """After `on_max_duration` starts, how long its goodbye may take before the call is cut."""

@@ -74,14 +74,12 @@ class CallAudioPort(pj.AudioMediaPort):
         self._frame_size = frame_bytes(rate)
         self._silence = pj.ByteVector(bytes(self._frame_size))
         self.name = ""
-        self.frames_in = 0
-        self.frames_out = 0
         self.bad_frames = 0
         self.callback_errors = 0
 
     def attach(self, sink: FrameSink) -> None:
         """Serve a new call: counters start from zero."""
-        self.frames_in = self.frames_out = self.bad_frames = self.callback_errors = 0
+        self.bad_frames = self.callback_errors = 0
         self._sink = sink
 
     def detach(self) -> None:
@@ -96,7 +94,6 @@ class CallAudioPort(pj.AudioMediaPort):
             if len(pcm) != self._frame_size:
                 self.bad_frames += 1
                 return
-            self.frames_in += 1
             self._sink.push_frame(pcm)
         except Exception:
             self.callback_errors += 1
@@ -109,7 +106,6 @@ class CallAudioPort(pj.AudioMediaPort):
                 frame.buf = self._silence
             else:
                 frame.buf = pj.ByteVector(pcm)
-                self.frames_out += 1
             frame.size = self._frame_size
         except Exception:
             self.callback_errors += 1
