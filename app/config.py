@@ -141,7 +141,7 @@ class VadConfig:
     min_speech_ms: int = field(default=160, metadata=_check(_between(20, 10_000)))
     end_silence_ms: int = field(default=400, metadata=_check(_between(100, 10_000)))
     incomplete_silence_ms: int = field(default=1000, metadata=_check(_between(100, 10_000)))
-    complete_silence_ms: int = field(default=250, metadata=_check(_between(100, 10_000)))
+    complete_silence_ms: int = field(default=300, metadata=_check(_between(100, 10_000)))
     max_utterance_ms: int = field(default=15_000, metadata=_check(_between(1000, 300_000)))
     pre_roll_ms: int = field(default=300, metadata=_check(_between(0, 2000)))
     no_input_ms: int = field(default=6000, metadata=_check(_between(500, 120_000)))

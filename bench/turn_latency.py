@@ -44,6 +44,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -708,6 +709,8 @@ def analyse_turns(results: list[CallResult], voiced_dbfs: float) -> dict:
                 what = next((starts[k] for k in range(reply - 2, reply + 3) if k in starts), None)
                 row["reply"] = what or "read_back/other"
                 row["latency_ms"] = round((received[reply].arrival - t_end) * 1000, 1)
+                row["speech_end_sent"] = t_end
+                row["reply_received"] = received[reply].arrival
                 if not overlap:
                     latencies.append(row["latency_ms"])
             outcome = "bot talked over the answer" if overlap else row["reply"]
@@ -833,19 +836,42 @@ def analyse_media(results: list[CallResult], late_ms: float) -> dict:
     }
 
 
-def server_turns(servers: list[Server], results: list[CallResult]) -> dict:
+def _epoch(value: str | None) -> float | None:
+    """A `turns` timestamp as SQLite holds it (naive UTC, ISO text) in seconds since the epoch."""
+    if not value:
+        return None
+    return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
+
+
+def server_turns(servers: list[Server], results: list[CallResult], turn_rows: list[dict]) -> dict:
     """The server's own turn records for the turns-mode calls: response_ms and its stages
-    (`turns` columns), the silence that ended each answer, and the transcripts."""
+    (`turns` columns), the silence that ended each answer, and the transcripts.
+
+    Matched with the caller's view of the same turn (`turn_rows`, from analyse_turns), they
+    split the latency heard at the caller into: the caller's speech end to the server's
+    (network, jitter buffer, bridge, VAD tail), the server's response, and the server's first
+    frame to the caller hearing voice (bridge, network, a quiet start of the audio), and give
+    the caller's latency less the silence the endpointer waited for that answer."""
     responses: list[float] = []
     overhead: list[float] = []
     stages: dict[str, list[float]] = {"asr_ms": [], "decide_ms": [], "tts_ms": [], "playout_ms": []}
     silences: list[float] = []
+    inbound: list[float] = []
+    outbound: list[float] = []
+    over_silence: list[float] = []
     exact = total = 0
     spoken = {
         r.call_id: [t.digits for t in (r.caller.turns if r.caller else [])]
         for r in results
         if r.mode == "turns"
     }
+    heard = {  # turns where the caller was heard out (not talked over): their latency counts
+        (row["call"], row["turn"]): row
+        for row in turn_rows
+        if "latency_ms" in row and not row["bot_spoke_during_answer"]
+    }
+    # the caller's clock is time.monotonic(); the server's records are wall-clock
+    mono_to_wall = time.time() - time.monotonic()
     for server in servers:
         db = server.workdir / "switchboard.db"
         if not db.exists():
@@ -853,13 +879,13 @@ def server_turns(servers: list[Server], results: list[CallResult]) -> dict:
         try:
             with contextlib.closing(sqlite3.connect(db)) as conn:
                 rows = conn.execute(
-                    "SELECT call_id, turn_index, transcript, response_ms, end_silence_ms, "
-                    "asr_ms, decide_ms, tts_ms, playout_ms FROM turns "
-                    "WHERE call_id LIKE 'bench-%-turns-%'"
+                    "SELECT call_id, turn_index, transcript, speech_end_at, first_audio_at, "
+                    "response_ms, end_silence_ms, asr_ms, decide_ms, tts_ms, playout_ms "
+                    "FROM turns WHERE call_id LIKE 'bench-%-turns-%'"
                 ).fetchall()
         except sqlite3.Error:
             continue
-        for call_id, index, transcript, response_ms, silence_ms, *parts in rows:
+        for call_id, index, transcript, end_at, audio_at, response_ms, silence_ms, *parts in rows:
             if response_ms is not None:
                 responses.append(float(response_ms))
                 if silence_ms is not None:
@@ -867,10 +893,20 @@ def server_turns(servers: list[Server], results: list[CallResult]) -> dict:
             for name, value in zip(stages, parts, strict=True):
                 if value is not None:
                     stages[name].append(float(value))
-            said = spoken.get(str(call_id).split("@")[0], [])
+            call = str(call_id).split("@")[0]
+            said = spoken.get(call, [])
             if index < len(said):
                 total += 1
                 exact += (digits_from_words(transcript or "") or "") == said[index]
+            row = heard.get((call, index))
+            if row is None:
+                continue
+            if silence_ms is not None:
+                over_silence.append(row["latency_ms"] - float(silence_ms))
+            end_wall, audio_wall = _epoch(end_at), _epoch(audio_at)
+            if end_wall is not None and audio_wall is not None:
+                inbound.append((end_wall - (row["speech_end_sent"] + mono_to_wall)) * 1000)
+                outbound.append(((row["reply_received"] + mono_to_wall) - audio_wall) * 1000)
     # The endpointer's speech end is the last voiced frame; the response counts from there, so
     # it includes the end-of-turn silence: what is left over is the server's own work.
     if len(silences) == len(responses):
@@ -880,6 +916,9 @@ def server_turns(servers: list[Server], results: list[CallResult]) -> dict:
         "end_silence_ms": summary(silences),
         "overhead_ms": summary(overhead),
         "stages": {name: summary(values) for name, values in stages.items()},
+        "caller_latency_over_silence_ms": summary(over_silence),
+        "caller_speech_end_to_server_ms": summary(inbound),
+        "server_first_frame_to_caller_ms": summary(outbound),
         "recognised_exactly": exact,
         "answers": total,
     }
@@ -938,11 +977,26 @@ def print_report(settings: dict, report: dict) -> None:
         note(f"replies: {replies or 'none'}")
         server = report.get("server_records", {})
         if server:
+            line(
+                "",
+                "  less the silence waited for that answer",
+                server["caller_latency_over_silence_ms"],
+            )
+            line(
+                "",
+                "  caller speech end -> server's speech end",
+                server["caller_speech_end_to_server_ms"],
+            )
             line("", "server's own response_ms (turns table)", server["response_ms"])
             line("", "  the end-of-turn silence in it", server["end_silence_ms"])
             line("", "  response - silence (server's work)", server["overhead_ms"])
             for name, stats in server["stages"].items():
                 line("", f"    {name}", stats)
+            line(
+                "",
+                "server's first frame -> caller hears voice",
+                server["server_first_frame_to_caller_ms"],
+            )
             note(f"digits recognised exactly: {server['recognised_exactly']}/{server['answers']}")
     if "barge-in" in modes:
         barge = modes["barge-in"]
@@ -1236,7 +1290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     report["media"] = analyse_media(results, args.late_ms)
     if "turns" in modes:
-        report["server_records"] = server_turns(servers, results)
+        report["server_records"] = server_turns(servers, results, report["modes"]["turns"]["turns"])
     for mode in modes:
         heard = [r for r in results if r.mode == mode and r.peer.received]
         if heard and not any(o.ref.name == ASK_STEP for r in heard for o in r.occurrences):

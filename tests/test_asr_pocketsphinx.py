@@ -187,6 +187,43 @@ def test_streaming_equals_one_feed_and_partials_arrive(
     assert partials[-1].text.split()[0] == streamed.text.split()[0]
 
 
+def test_prepared_final_is_the_final_and_speech_after_it_carries_on(
+    engine: PocketSphinxEngine, shared_data: Path, fsdd_manifest: list[dict]
+) -> None:
+    """prepare_final() during a pause gives what finish() would; if the caller goes on, the
+    utterance continues and its final covers all of it, as if there had been no pause."""
+    strings = _digit_strings(shared_data / "fsdd", fsdd_manifest, 3)
+    first, second = strings[1][2], strings[2][2]
+    whole, _ = _recognise(engine, first + second)
+    alone, _ = _recognise(engine, first)
+    assert whole.text and alone.text and whole.text != alone.text
+
+    frame = frame_bytes(engine.sample_rate)
+    stream = engine.open_stream(DIGITS)
+
+    def feed(pcm: bytes) -> None:
+        pcm = resample(pcm, CALL_RATE, engine.sample_rate)
+        for start in range(0, len(pcm), frame):
+            stream.feed(pcm[start : start + frame])
+
+    feed(first)
+    prepared = stream.prepare_final()
+    assert prepared.is_final and (prepared.text, prepared.confidence) == (
+        alone.text,
+        alone.confidence,
+    )
+    assert stream.prepare_final() is prepared  # asked twice, computed once
+    feed(second)
+    assert stream.finish().text == whole.text
+
+    stream = engine.open_stream(DIGITS)
+    feed(first)
+    prepared = stream.prepare_final()
+    assert stream.finish() is prepared
+    with pytest.raises(AsrError, match="already finished"):
+        stream.prepare_final()
+
+
 def test_concurrent_streams_from_threads(
     engine: PocketSphinxEngine, shared_data: Path, fsdd_manifest: list[dict]
 ) -> None:

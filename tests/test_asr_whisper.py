@@ -517,6 +517,51 @@ def test_final_gives_up_when_slots_stay_busy() -> None:
     model.wait_idle()
 
 
+def test_prepared_final_decodes_during_the_pause_and_finish_takes_it() -> None:
+    model = ScriptedWhisper([(0.0, "four one"), (2.5, "four one seven two")], delay_s=0.2)
+    engine = WhisperEngine(model, partial_interval_s=None, beam_size=3)
+    stream = engine.open_stream()
+    for frame in _speech_frames(2.0):
+        stream.feed(frame)
+    assert stream.prepare_final() is None  # on its way, on a worker
+    model.wait_calls(1)
+    assert model.calls[0]["beam_size"] == 3
+    started = time.monotonic()
+    final = stream.finish()
+    assert final.text == "four one" and final.is_final
+    assert time.monotonic() - started < 0.2 + 0.15  # waited for that decode, did not start one
+    assert len(model.calls) == 1
+
+
+def test_speech_after_a_prepared_final_is_decoded_with_it() -> None:
+    model = ScriptedWhisper([(0.0, "four one"), (2.5, "four one seven two")], delay_s=0.1)
+    engine = WhisperEngine(model, partial_interval_s=None)
+    stream = engine.open_stream()
+    for frame in _speech_frames(2.0):
+        stream.feed(frame)
+    stream.prepare_final()
+    for frame in _speech_frames(1.0):  # the caller goes on after the pause
+        stream.feed(frame)
+    assert stream.finish().text == "four one seven two"
+    assert model.calls[-1]["seconds"] == pytest.approx(3.0, abs=0.01)
+    model.wait_idle()
+
+
+def test_prepare_final_without_a_free_slot_leaves_the_work_to_finish() -> None:
+    model = ScriptedWhisper([(0.0, "one")], delay_s=0.3)
+    engine = WhisperEngine(model, max_concurrent=1)
+    busy, paused = engine.open_stream(), engine.open_stream()
+    for frame in _speech_frames(1.2):
+        busy.feed(frame)
+    model.wait_calls(1)
+    paused.feed(_speech_frames(0.5)[0])
+    assert paused.prepare_final() is None
+    assert len(model.calls) == 1  # no slot: nothing queued behind the busy one
+    assert paused.finish().text == "one"
+    busy.close()
+    model.wait_idle()
+
+
 def test_digits_are_normalised_in_partials_and_final() -> None:
     model = ScriptedWhisper([(0.9, "4 1"), (1.9, "417"), (2.9, "4170, 9")])
     engine = WhisperEngine(model)

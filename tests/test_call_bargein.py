@@ -114,7 +114,8 @@ def test_answer_state_by_slot() -> None:
     assert answer_state(ask("yes_no"), "yes") == "complete"
     assert answer_state(ask("choice", phrases=("billing", "sales")), "billing") == "complete"
     assert answer_state(ask("text"), "hello there") == "open"
-    assert answer_state(pin, "") == "open"
+    assert answer_state(pin, "") == "incomplete"  # no digit yet
+    assert answer_state(ask("yes_no"), "") == "open"
 
 
 def test_hangover_lengthens_incomplete_and_shortens_complete_answers() -> None:

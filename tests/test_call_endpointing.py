@@ -47,7 +47,7 @@ def _digit(shared_data: Path, name: str) -> np.ndarray:
 
 def _noise(seconds: float, seed: int, dbfs: float = -50.0) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return rng.normal(0.0, 32768 * 10 ** (dbfs / 20), int(seconds * RATE))
+    return rng.normal(0.0, 32768 * 10 ** (dbfs / 20), round(seconds * RATE))
 
 
 def _pcm(x: np.ndarray) -> bytes:
@@ -105,6 +105,45 @@ def test_digit_string_is_one_utterance(shared_data: Path, speaker: str) -> None:
     assert abs(ended.speech_end_at_frame * FRAME_MS / 1000 - end) <= 0.25
 
 
+@pytest.mark.parametrize("speaker", ["jackson", "nicolas", "george", "yweweler"])
+def test_speech_end_is_the_voice_not_the_vads_hangover(shared_data: Path, speaker: str) -> None:
+    """webrtcvad keeps saying "speech" for 60-140 ms after the voice stops; that tail would
+    be added to every turn's latency. The noise-floor gate ends speech at the voice."""
+    pcm, _ = _answer(shared_data, speaker, pauses=(0.3, 0.3, 0.3))
+    _, end = _active_span(np.frombuffer(pcm, dtype="<i2"))
+
+    def speech_end(margin_db: float) -> float:
+        config = EndpointerConfig(end_silence_ms=1000, tail_margin_db=margin_db)
+        events = [e for _, e in _run(Endpointer(config), pcm) if isinstance(e, SpeechEnded)]
+        assert len(events) == 1 and events[0].reason == "silence"
+        return events[0].speech_end_at_frame * FRAME_MS / 1000
+
+    gated, vad_only = speech_end(8.0), speech_end(0.0)
+    assert end - 0.06 <= gated <= end + 0.06
+    assert vad_only >= gated + 0.04  # the gate is what removed the tail
+
+
+@pytest.mark.parametrize("noise_dbfs", [-65.0, -40.0])
+def test_gate_follows_the_line_noise(shared_data: Path, noise_dbfs: float) -> None:
+    """On a noisier line the floor rises with it: the digits are still one utterance, and
+    the speech still ends within a frame or two of the voice."""
+    digits = [_digit(shared_data, f"{d}_george_3.wav") for d in (4, 1, 7, 2)]
+    parts = [np.zeros(RATE)]
+    for x in digits:
+        parts += [x, np.zeros(int(0.3 * RATE))]
+    parts.append(np.zeros(int(1.5 * RATE)))
+    clean = np.concatenate(parts)
+    _, end = _active_span(clean)
+    noisy = _pcm(clean + _noise(clean.size / RATE, seed=7, dbfs=noise_dbfs))
+    endpointer = Endpointer(EndpointerConfig(end_silence_ms=1000))
+    events = [e for _, e in _run(endpointer, noisy)]
+    assert [type(e) for e in events] == [SpeechStarted, SpeechEnded]
+    assert abs(endpointer.noise_floor_dbfs - noise_dbfs) < 6
+    ended = events[1]
+    assert isinstance(ended, SpeechEnded)
+    assert end - 0.1 <= ended.speech_end_at_frame * FRAME_MS / 1000 <= end + 0.06
+
+
 def test_in_speech_spans_the_utterance(shared_data: Path) -> None:
     pcm, _ = _answer(shared_data, "jackson", pauses=(0.3, 0.3, 0.3))
     endpointer = Endpointer()
@@ -120,7 +159,7 @@ def test_in_speech_spans_the_utterance(shared_data: Path) -> None:
 
 
 def test_works_at_16k(shared_data: Path) -> None:
-    pcm, spans = _answer(shared_data, "george", pauses=(0.4, 0.4, 0.4))
+    pcm, spans = _answer(shared_data, "george", pauses=(0.3, 0.3, 0.3))
     wide = resample(pcm, RATE, 16000)
     endpointer = Endpointer(sample_rate=16000)
     size = frame_bytes(16000)
@@ -190,10 +229,11 @@ def test_reset_starts_a_new_turn(shared_data: Path) -> None:
         ("end_silence_ms", -20),
         ("max_utterance_ms", 0),
         ("pre_roll_ms", -1),
+        ("tail_margin_db", -1.0),
         ("max_utterance_ms", 100),  # shorter than min_speech_ms
     ],
 )
-def test_invalid_config_names_the_field(field: str, value: int) -> None:
+def test_invalid_config_names_the_field(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         EndpointerConfig(**{field: value})
 

@@ -3,6 +3,12 @@
 An engine holds the heavy, shared resources (a model, loaded once per process). Each turn of a
 call opens its own `AsrStream` from it: feed PCM as it arrives, read partial results, and call
 `finish()` at the endpoint for the final result. Streams are used by one thread at a time.
+
+The final pass is where some engines spend their time (PocketSphinx's lattice for word
+posteriors, Whisper's full-beam decode), and it used to start only once the end-of-turn silence
+had run out. `prepare_final()` lets the listener start it earlier, when the caller has been
+quiet for a while: the silence still running hides its cost. If the caller goes on talking,
+the next `feed()` carries on the utterance as if nothing happened.
 """
 
 from __future__ import annotations
@@ -51,6 +57,15 @@ class AsrStream(ABC):
     @abstractmethod
     def finish(self) -> AsrResult:
         """End of input: return the final result (text may be empty). The stream is then done."""
+
+    def prepare_final(self) -> AsrResult | None:
+        """The caller has paused: start computing the final result for the audio so far.
+
+        Returns it when it is ready at once (else None: it is on its way). Feeding more audio
+        afterwards is allowed and extends the utterance; `finish()` without any gives the
+        prepared result. The default does nothing (a cheap final pass needs no head start).
+        """
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook, most streams hold nothing to free
         """Release the stream without a result (caller hung up, barge-in cancelled)."""

@@ -217,13 +217,10 @@ class PocketSphinxStream(AsrStream):
             CALL_RATE, MODEL_RATE, 1, dtype="float32", quality=RESAMPLE_QUALITY
         )
         self._noise = np.random.default_rng(0)  # seeded: the same call audio, the same text
-        decoder = pooled.decoder
-        decoder.activate_search(search)
-        # A fresh front end and the same mean prior for every turn: otherwise state left by the
-        # decoder's previous utterance shifts scores, and results depend on pool history.
-        decoder.reinit_feat()  # ~0.1 ms
-        decoder.set_cmn(TELEPHONE_CMN)
-        decoder.start_utt()
+        self._heard = bytearray()  # model audio fed so far, to pick up after prepare_final()
+        self._prepared: AsrResult | None = None
+        pooled.decoder.activate_search(search)
+        self._start_utt(pooled.decoder)
         self._pooled = pooled
 
     def feed(self, pcm: bytes) -> AsrResult | None:
@@ -234,6 +231,11 @@ class PocketSphinxStream(AsrStream):
         audio = self._to_model(pcm)
         if not audio:  # the resampler may hold back the first few samples
             return None
+        if self._prepared is not None:  # the caller went on after the pause: decode it all again
+            self._prepared = None
+            self._start_utt(decoder)
+            decoder.process_raw(bytes(self._heard), no_search=False, full_utt=False)
+        self._heard += audio
         decoder.process_raw(audio, no_search=False, full_utt=False)
         text = _words(decoder)  # reads the current best path: microseconds
         if text == self._partial:
@@ -245,14 +247,34 @@ class PocketSphinxStream(AsrStream):
         """Final text, with confidence = mean word posterior (see `_confidence`)."""
         decoder = self._decoder("finish")
         try:
+            if self._prepared is not None:  # nothing since but the silence that ended the turn
+                return self._prepared
             tail = self._to_model(b"", last=True)
             if tail:
                 decoder.process_raw(tail, no_search=False, full_utt=False)
-            decoder.end_utt()
-            text = _words(decoder)
-            confidence = _confidence(decoder) if text else 0.0
+            return self._end_utt(decoder)
         finally:
             self._release()
+
+    def prepare_final(self) -> AsrResult:
+        """End the utterance now and compute its final result (the lattice for the word
+        posteriors is most of the cost: ~25 ms for a 4-digit answer on one core)."""
+        decoder = self._decoder("prepare_final")
+        if self._prepared is None:
+            self._prepared = self._end_utt(decoder)
+        return self._prepared
+
+    def _start_utt(self, decoder: Decoder) -> None:
+        # A fresh front end and the same mean prior for every turn: otherwise state left by the
+        # decoder's previous utterance shifts scores, and results depend on pool history.
+        decoder.reinit_feat()  # ~0.1 ms
+        decoder.set_cmn(TELEPHONE_CMN)
+        decoder.start_utt()
+
+    def _end_utt(self, decoder: Decoder) -> AsrResult:
+        decoder.end_utt()
+        text = _words(decoder)
+        confidence = _confidence(decoder) if text else 0.0
         return AsrResult(text, confidence, is_final=True, engine=ENGINE_NAME)
 
     def _to_model(self, pcm: bytes, last: bool = False) -> bytes:
@@ -266,7 +288,8 @@ class PocketSphinxStream(AsrStream):
         if self._pooled is None:
             return
         try:
-            self._pooled.decoder.end_utt()
+            if self._prepared is None:  # else the utterance has ended already
+                self._pooled.decoder.end_utt()
         finally:
             self._release()
 

@@ -41,11 +41,11 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -65,6 +65,7 @@ from app.media.resample import Resampler
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 ENGINE_NAME = "whisper"
@@ -315,11 +316,22 @@ class WhisperEngine(AsrEngine):
 
     def _decode_partial(self, audio: bytes, hints: WhisperHints) -> Future[str] | None:
         """Start a greedy decode on a worker if a slot is free now; else None (skip it)."""
+        return self._submit(self._transcribe, audio, hints, 1)
+
+    def _decode_final_soon(
+        self, audio: bytes, hints: WhisperHints
+    ) -> Future[tuple[str, float]] | None:
+        """Start the full-beam decode on a worker if a slot is free now; else None."""
+        return self._submit(self._transcribe_scored, audio, hints, self.beam_size)
+
+    def _submit(self, fn: Callable[..., T], *args: object) -> Future[T] | None:
+        # The slot is taken before the task is queued, never inside it: a queued task waiting
+        # for a slot held by another queued task would stall the executor.
         if not self._slots.acquire(blocking=False):
             return None
         try:
-            future = self._executor.submit(self._transcribe, audio, hints, 1)
-        except RuntimeError:  # shut down: no more partials
+            future = self._executor.submit(fn, *args)
+        except RuntimeError:  # shut down: no more background decodes
             self._slots.release()
             return None
         future.add_done_callback(lambda _: self._slots.release())  # run, failed or cancelled
@@ -387,6 +399,7 @@ class WhisperStream(AsrStream):
         self._audio = bytearray()  # 16 kHz PCM
         self._agreement = LocalAgreement(2)
         self._pending: Future[str] | None = None
+        self._final: Future[tuple[str, float]] | None = None  # from prepare_final()
         self._decoded_bytes = 0
         self._partial = ""
         self._open = True
@@ -396,6 +409,9 @@ class WhisperStream(AsrStream):
         self._check_open("feed")
         if len(pcm) % _SAMPLE_BYTES:
             raise AsrError(f"PCM must be whole 16-bit samples, got {len(pcm)} bytes")
+        if self._final is not None:  # the caller went on after the pause
+            self._final.cancel()
+            self._final = None
         self._audio += self._resampler.process(pcm)
         changed = self._collect()
         self._maybe_decode()
@@ -410,16 +426,37 @@ class WhisperStream(AsrStream):
         self._check_open("finish")
         self._open = False
         self._pending = None  # a partial still running frees its own slot
+        final, self._final = self._final, None
         self._audio += self._resampler.flush()
         if not self._audio:
             return AsrResult("", 0.0, is_final=True, engine=ENGINE_NAME)
-        text, confidence = self._engine._decode_final(bytes(self._audio), self.hints)
+        if final is not None and not final.cancelled():
+            # decoding since the pause; only the turn's closing silence came after it
+            try:
+                text, confidence = final.result()
+            except AsrError:
+                raise
+            except Exception as exc:
+                raise AsrError(f"Whisper could not decode: {exc}") from exc
+        else:
+            text, confidence = self._engine._decode_final(bytes(self._audio), self.hints)
         text = " ".join(self._engine._words(text, self.hints))
         return AsrResult(text, confidence if text else 0.0, is_final=True, engine=ENGINE_NAME)
+
+    def prepare_final(self) -> None:
+        """Start the full-beam decode of the audio so far on a worker (when a decoding slot is
+        free; else finish() decodes as usual). Returns None: the result is on its way."""
+        self._check_open("prepare_final")
+        if self._final is None and self._audio:
+            self._final = self._engine._decode_final_soon(bytes(self._audio), self.hints)
+        return None
 
     def close(self) -> None:
         self._open = False
         self._pending = None
+        if self._final is not None:
+            self._final.cancel()
+            self._final = None
 
     @property
     def decoding(self) -> bool:

@@ -6,6 +6,13 @@ not open a turn, and a turn ends only after `end_silence_ms` of quiet, so the pa
 digits of an account number do not cut it short. The frames from just before the onset are kept
 in a ring buffer and handed over with `SpeechStarted`, so the recogniser hears the first
 syllable that the VAD needed time to confirm.
+
+VADs keep calling frames speech for a while after the voice stops (webrtcvad's own hangover
+adds 60-140 ms on FSDD digits; Silero smooths likewise), and every frame of that tail would
+delay the end of turn. So, inside an utterance, a voiced frame extends it only if it is also
+louder than the line's noise floor by `tail_margin_db` and within `SPEECH_RANGE_DB` of the
+utterance's loudest frame: the floor is tracked on the frames the VAD calls silence, so the
+gate follows a noisy line instead of cutting quiet talkers.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Literal, Protocol
 import webrtcvad
 
 from app.media.audio import FRAME_MS, frame_bytes
+from app.media.audioop_compat import audioop
 
 VAD_RATES = (8000, 16000, 32000, 48000)
 """Sample rates webrtcvad accepts."""
@@ -26,6 +34,26 @@ VAD_RATES = (8000, 16000, 32000, 48000)
 ONSET_GAP_FRAMES = 2
 """Unvoiced frames tolerated inside an onset: webrtcvad drops single frames mid-word, and a
 strict run would then miss a whole short digit such as "seven"."""
+
+
+NOISE_FLOOR_START_DBFS = -70.0
+"""Noise floor assumed before any silence has been heard (a quiet digital line)."""
+NOISE_FLOOR_RISE = 0.05
+"""Share of the way the floor moves up toward a louder silent frame (it drops at once): a
+line that gets noisier is followed within a second or two of its pauses."""
+SPEECH_FLOOR_DBFS = -60.0
+"""Below this, a frame is not speech on a telephone line whatever the floor."""
+SPEECH_RANGE_DB = 40.0
+"""A frame this far below the utterance's loudest is its fading tail (the hiss of "six" ends
+40-50 dB under its vowel), not more words: words of one utterance stay within ~30 dB."""
+SILENT_DBFS = -96.0
+"""Level given to an all-zero frame (16-bit full scale to one step)."""
+
+
+def frame_dbfs(frame: bytes) -> float:
+    """RMS level of 16-bit PCM in dB below full scale."""
+    rms = audioop.rms(frame, 2)
+    return 20 * math.log10(rms / 32768) if rms else SILENT_DBFS
 
 
 class FrameClassifier(Protocol):
@@ -53,6 +81,8 @@ class EndpointerConfig:
     """Endpointing knobs, in milliseconds; each is rounded up to whole 20 ms frames.
 
     `aggressiveness`: webrtcvad mode, 0 (keeps most as speech) to 3 (strictest about noise).
+    `tail_margin_db`: inside an utterance, how far above the noise floor a voiced frame must be
+    to count (see the module docstring); 0 takes the VAD's word as it is.
     """
 
     aggressiveness: int = 2
@@ -60,6 +90,7 @@ class EndpointerConfig:
     end_silence_ms: int = 400
     max_utterance_ms: int = 15000
     pre_roll_ms: int = 300
+    tail_margin_db: float = 8.0
 
     def __post_init__(self) -> None:
         if self.aggressiveness not in (0, 1, 2, 3):
@@ -68,6 +99,8 @@ class EndpointerConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive number of ms, got {value!r}")
+        if not 0 <= self.tail_margin_db <= 40:
+            raise ValueError(f"tail_margin_db must be 0 to 40 dB, got {self.tail_margin_db!r}")
         if not isinstance(self.pre_roll_ms, int) or self.pre_roll_ms < 0:
             raise ValueError(f"pre_roll_ms must be 0 or more ms, got {self.pre_roll_ms!r}")
         if self.max_utterance_ms < self.min_speech_ms:
@@ -128,6 +161,7 @@ class Endpointer:
         # Room for the pre-roll plus the longest onset span (voiced frames and tolerated gaps).
         longest_onset = self._min_speech + (self._min_speech - 1) * ONSET_GAP_FRAMES
         self._ring: deque[bytes] = deque(maxlen=self._pre_roll + longest_onset)
+        self._noise_floor = NOISE_FLOOR_START_DBFS  # kept across turns: it is the line's
         self.reset()
 
     def reset(self) -> None:
@@ -142,6 +176,7 @@ class Endpointer:
         self._utterance = 0
         self._silence = 0
         self._last_voiced = 0
+        self._peak = SILENT_DBFS  # the utterance's loudest frame so far
 
     def set_end_silence_ms(self, ms: int) -> None:
         """Change the silence that ends this turn, mid-turn (adaptive endpointing: longer while
@@ -153,6 +188,17 @@ class Endpointer:
     @property
     def end_silence_ms(self) -> int:
         return self._end_silence * FRAME_MS
+
+    @property
+    def noise_floor_dbfs(self) -> float:
+        """The line's noise floor as tracked on the frames the VAD called silence."""
+        return self._noise_floor
+
+    @property
+    def silence_ms(self) -> int:
+        """Silence so far after the last voiced frame of the utterance in progress (0 outside
+        one)."""
+        return self._silence * FRAME_MS if self._in_speech else 0
 
     @property
     def in_speech(self) -> bool:
@@ -173,8 +219,10 @@ class Endpointer:
             )
         voiced = self._vad.is_speech(frame)
         self._frame_count += 1
+        if not voiced:
+            self._track_floor(frame_dbfs(frame))
         if self._in_speech:
-            return self._in_utterance(voiced)
+            return self._in_utterance(voiced and self._above_floor(frame))
         self._ring.append(frame)
         if not self._onset(voiced):
             return None
@@ -182,6 +230,7 @@ class Endpointer:
         self._utterance = self._span
         self._silence = 0
         self._last_voiced = self._frame_count
+        self._peak = SILENT_DBFS
         keep = min(len(self._ring), self._pre_roll + self._span)
         pre_roll = b"".join(islice(self._ring, len(self._ring) - keep, None))
         self._ring.clear()
@@ -203,6 +252,23 @@ class Endpointer:
             return False
         self._span += 1
         return self._run >= self._min_speech
+
+    def _track_floor(self, level: float) -> None:
+        if level < self._noise_floor:
+            self._noise_floor = level
+        else:
+            self._noise_floor += NOISE_FLOOR_RISE * (level - self._noise_floor)
+
+    def _above_floor(self, frame: bytes) -> bool:
+        margin = self.config.tail_margin_db
+        if not margin:
+            return True
+        level = frame_dbfs(frame)
+        if level > self._peak:
+            self._peak = level
+        return level > max(
+            self._noise_floor + margin, SPEECH_FLOOR_DBFS, self._peak - SPEECH_RANGE_DB
+        )
 
     def _in_utterance(self, voiced: bool) -> SpeechEnded | None:
         self._utterance += 1

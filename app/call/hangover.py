@@ -8,8 +8,13 @@ the question's maximum, or than its minimum when it has none; a number ending in
 "and") the turn waits `incomplete_ms`; once it is a complete one (the maximum number of digits,
 a yes or no, one of a menu's options) it ends after `complete_ms`; otherwise the question's
 usual end silence applies. A fixed-length code (min = max) so ends fast, an account number of
-4 to 12 digits waits for the caller's next group. An empty
-partial says nothing (recognisers revise their first guesses to nothing): it changes nothing.
+4 to 12 digits waits for the caller's next group. A digits answer starts incomplete: until the
+recogniser has a first digit, the caller has not given one. Later, an empty partial says
+nothing (recognisers revise their first guesses to nothing): it changes nothing.
+
+`complete_ms` is real silence (the endpointer ends speech at the voice, not at the VAD's own
+hangover), and a recogniser that inserts a digit makes a 4-digit answer look complete one group
+early: 300 ms outlasts most pauses inside a code read at a normal pace.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ class Hangover:
     """Silences (ms) for incomplete and complete answers; see the module docstring."""
 
     incomplete_ms: int = 1000
-    complete_ms: int = 250
+    complete_ms: int = 300
 
     def __post_init__(self) -> None:
         if not 0 < self.complete_ms <= self.incomplete_ms:
@@ -50,8 +55,6 @@ class Hangover:
 def answer_state(ask: Ask, partial: str) -> str:
     """ "incomplete", "complete" or "open" (nothing to say either way) for `partial`."""
     words = partial.lower().split()
-    if not words:
-        return "open"
     if ask.slot == "digits":
         count = len(digits_from_words(partial))
         if ask.max_length is not None:
@@ -59,6 +62,8 @@ def answer_state(ask: Ask, partial: str) -> str:
             # and a recogniser that inserted a digit must not end the turn before the last one
             return "complete" if count >= ask.max_length else "incomplete"
         return "incomplete" if count < (ask.min_length or 1) else "open"
+    if not words:
+        return "open"
     if ask.slot == "number":
         return "incomplete" if words[-1] in _CONTINUES else "open"
     if ask.slot == "yes_no":

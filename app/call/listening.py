@@ -33,6 +33,12 @@ from app.dialog.actions import Ask, DtmfInput, DtmfOptions, Heard, Recording
 from app.media.audio import CALL_RATE, FRAME_MS, SAMPLE_WIDTH
 from app.media.resample import Resampler
 
+PREPARE_LEAD_MS = 100
+"""The final recognition pass starts this long before the silence ends the turn (see
+`AsrStream.prepare_final`): PocketSphinx needs ~25-50 ms for it, Whisper more. Earlier would
+hide more of a slow engine's final, but a final over less of the closing silence can read
+differently (PocketSphinx's last word settles over ~0.5 s), and a pause that ends in more
+speech costs a re-decode."""
 _POLL_S = 0.02
 _STRAY_S = 2.0
 _SINGLE_KEY = DtmfOptions(max_digits=1, terminator=None, inter_digit_ms=1000)
@@ -46,7 +52,8 @@ class Answer:
     speech_end_at: float | None = None
     asr_final_at: float | None = None
     end_silence_ms: int | None = None
-    """The silence that ended the answer (adaptive endpointing may have changed it)."""
+    """The silence waited after the caller's last voiced frame before the answer ended (the
+    adaptive endpointing chooses it per answer; a late partial can end a turn past it)."""
 
 
 Frame = tuple[int, bytes]
@@ -211,6 +218,8 @@ class _SpeechTurn:
             Resampler(CALL_RATE, asr.sample_rate) if asr.sample_rate != CALL_RATE else None
         )
         self._stream: AsrStream | None = None
+        self._held: list[bytes] | None = None
+        """Frames of the pause since `prepare_final()`; None while the final is not started."""
 
     @property
     def started(self) -> bool:
@@ -221,21 +230,46 @@ class _SpeechTurn:
         event = endpointer.process(frame)
         if isinstance(event, SpeechStarted):
             self._stream = self._asr.open_stream(self._ask.options)
+            if self._hangover is not None:  # before any words: e.g. no digit yet is incomplete
+                silence = self._hangover.end_silence_ms(self._ask, "", self._usual_ms)
+                endpointer.set_end_silence_ms(silence)
             self._partial(self._stream.feed(_to_asr(self._resampler, event.pre_roll)))
         elif self._stream is not None and endpointer.in_speech:
-            self._partial(self._stream.feed(_to_asr(self._resampler, frame)))
+            self._in_speech(self._stream, frame)
         if isinstance(event, SpeechEnded) and self._stream is not None:
             trailing_ms = (endpointer.frame_count - event.speech_end_at_frame) * FRAME_MS
             speech_end_at = time.time() - trailing_ms / 1000
             stream, self._stream = self._stream, None
             result = stream.finish()
-            return Answer(result, speech_end_at, time.time(), endpointer.end_silence_ms)
+            # the silence actually waited: a late partial that made the answer complete can end
+            # the turn at once, after more than the (shortened) end silence
+            return Answer(result, speech_end_at, time.time(), trailing_ms)
         return None
 
-    def _partial(self, result: AsrResult | None) -> None:
+    def _in_speech(self, stream: AsrStream, frame: bytes) -> None:
+        """Feed a frame of the utterance; in a pause long enough, start the final pass early
+        and hold the pause's frames back (the final needs none of them unless speech
+        resumes, when they go in first and the utterance carries on)."""
+        silence_ms = self._endpointer.silence_ms
+        if self._held is not None:
+            if silence_ms:
+                self._held.append(frame)
+                return
+            held, self._held = self._held, None
+            for pcm in held:
+                self._partial(stream.feed(_to_asr(self._resampler, pcm)))
+        self._partial(stream.feed(_to_asr(self._resampler, frame)))
+        if silence_ms >= max(FRAME_MS, self._endpointer.end_silence_ms - PREPARE_LEAD_MS):
+            self._held = []
+            # A final ready at once may show the answer complete: then the turn ends sooner.
+            # It never makes the turn wait longer: PocketSphinx's last word is still settling.
+            self._partial(stream.prepare_final(), shorten_only=True)
+
+    def _partial(self, result: AsrResult | None, shorten_only: bool = False) -> None:
         if result is not None and result.text.strip() and self._hangover is not None:
             silence = self._hangover.end_silence_ms(self._ask, result.text, self._usual_ms)
-            self._endpointer.set_end_silence_ms(silence)
+            if not shorten_only or silence < self._endpointer.end_silence_ms:
+                self._endpointer.set_end_silence_ms(silence)
 
     def close(self) -> None:
         if self._stream is not None:
