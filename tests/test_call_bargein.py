@@ -84,6 +84,17 @@ def test_caller_on_a_line_without_echo_barges_in_after_min_speech() -> None:
     assert held[-4:] == caller[:4]  # the onset is kept for the recogniser
 
 
+def test_a_soft_start_does_not_raise_the_guard_against_a_quiet_caller() -> None:
+    """Breath and a soft first syllable (below the VAD) come before the voice. On a line with
+    no echo found they must not teach the guard that the echo is loud, or a quiet caller's
+    speech that follows is discounted as echo and the prompt plays on."""
+    soft = [tone(250, 20 + i) for i in range(8)]  # under the stand-in VAD's threshold
+    voice = [scaled(f, 0.12) for f in speech_like(30, seed=11)]  # ~25 dB under the bot
+    barged, detector = run(echo_db=None, delay=0, caller=soft + voice, start=60)
+    assert detector.lag_ms is None  # nothing correlated: no echo path
+    assert barged is not None and barged <= 60 + len(soft) + 4 + 2
+
+
 def test_a_click_does_not_barge_in() -> None:
     barged, _ = run(echo_db=None, delay=0, caller=[tone(6000, 3)] * 2, start=60)
     assert barged is None

@@ -87,6 +87,8 @@ class EchoReference:
 _INITIAL_ERL = 0.5
 """Echo assumed before the line is measured: 6 dB down, the least return loss G.168 allows."""
 _ERL_FLOOR = 0.01
+_ERL_RISE = 0.3  # share of the way up to a louder echo, per frame, once the echo delay is known
+_ERL_RISE_UNCONFIRMED = 0.05  # the same before it is
 _ESTIMATE_EVERY = 5  # frames between echo-delay estimates
 _ESTIMATE_SPAN = 40  # frames (800 ms) of envelope compared per estimate
 _MIN_REFERENCE = 200.0  # outgoing level below which a frame says nothing about the echo
@@ -138,7 +140,7 @@ class BargeInDetector:
             return self._run >= self._needed
         if voiced:
             self.echo_frames += 1
-        if reference >= _MIN_REFERENCE:
+        if reference >= _MIN_REFERENCE and not self._run:  # not inside what may be an onset
             self._track_erl(level / reference)
         if self._run:
             self._gap += 1
@@ -162,7 +164,10 @@ class BargeInDetector:
         """Follow the echo's level ratio: up quickly, down slowly (it must cover the echo's
         loudest moments, and a soft start of the caller's speech must not drag it up much)."""
         if ratio > self.erl:
-            self.erl += 0.3 * (ratio - self.erl)
+            # Until an echo path is found (the envelopes correlate), a louder frame is as likely
+            # the caller starting to talk as echo: follow it slowly.
+            rise = _ERL_RISE if self._lag is not None else _ERL_RISE_UNCONFIRMED
+            self.erl += rise * (ratio - self.erl)
         else:
             self.erl = max(_ERL_FLOOR, self.erl * 0.95)
 
