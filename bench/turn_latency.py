@@ -73,11 +73,13 @@ from app.media.audio import CALL_RATE, FRAME_MS  # noqa: E402
 from app.media.g711 import Codec  # noqa: E402
 from app.media.resample import Resampler  # noqa: E402
 from tests.server_process import ServerProcess  # noqa: E402
-from tests.sip.ports import free_port, free_udp_block  # noqa: E402
 from tests.sip.rtp_pcap import build_digit_utterance  # noqa: E402
+from tests.sip.sipp import SIPP, kill_group, render_scenario, sipp_command, start_sipp  # noqa: E402
 
 DIALPLAN = BENCH / "dialplans" / "turns.yaml"
-SCENARIO = BENCH / "scenarios" / "uac_bench.xml"
+SCENARIOS = BENCH / "scenarios"
+SCENARIO = "uac_bench"
+"""sipp's scenario: SCENARIOS/uac_bench.xml."""
 SERVICE = "turns"
 SPEAKERS = ("jackson", "nicolas", "george", "yweweler")
 MODES = ("turns", "barge-in", "echo")
@@ -94,7 +96,6 @@ STOP_FRAMES = 10
 """Silent frames (200 ms) where the prompt had sound that make a stop (not a glitch)."""
 QUIETER_DB = 20.0
 """A packet this much quieter than the prompt at that point counts as silence in it."""
-SIPP = "sipp"
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -523,7 +524,6 @@ class SippCalls:
         self, server: Server, peer: RtpPeer, call_id: str, codec: str, wait_s: float, folder: Path
     ) -> dict:
         folder.mkdir(parents=True, exist_ok=True)
-        text = SCENARIO.read_text()
         values = {
             "RTP_IP": HOST,
             "RTP_PORT": peer.port,
@@ -531,38 +531,26 @@ class SippCalls:
             "PT": peer.payload_type,
             "WAIT_MS": int(wait_s * 1000),
         }
-        for key, value in values.items():
-            text = text.replace("{{" + key + "}}", str(value))
-        scenario = folder / "uac_bench.xml"
-        scenario.write_text(text)
+        scenario = render_scenario(SCENARIO, folder, values, templates=SCENARIOS)
         action_log = folder / "actions.log"
-        command = [
-            SIPP, f"{HOST}:{server.process.port}", "-sf", str(scenario), "-t", "u1",
-            "-i", HOST, "-p", str(free_port(tcp=False)), "-mi", HOST, "-mp", str(free_udp_block()),
-            "-s", SERVICE, "-m", "1", "-l", "1", "-nostdin", "-cid_str", f"{call_id}@%s",
-            "-timeout", f"{round(wait_s + 15)}s", "-timeout_error",
-            "-trace_msg", "-message_file", str(folder / "messages.log"),
-            "-trace_err", "-error_file", str(folder / "errors.log"),
-            "-trace_logs", "-log_file", str(action_log),
-        ]  # fmt: skip
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            command,
-            cwd=folder,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
-            start_new_session=True,
+        command = sipp_command(
+            scenario,
+            HOST,
+            server.process.port,
+            (folder / "messages.log", folder / "errors.log", action_log),
+            service=SERVICE,
+            timeout_s=wait_s + 15,
+            extra_args=("-cid_str", f"{call_id}@%s"),
         )
+        started = time.monotonic()
+        proc = start_sipp(command, folder)
         with self._lock:
             self._procs.append(proc)
         try:
             _, stderr = proc.communicate(timeout=wait_s + 25)
             timed_out = False
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            kill_group(proc)
             _, stderr = proc.communicate()
             timed_out = True
         logged = action_log.read_text(errors="replace") if action_log.exists() else ""
@@ -583,14 +571,7 @@ class SippCalls:
             procs = list(self._procs)
         for proc in procs:
             if proc.poll() is None:
-                _kill_group(proc)
-
-
-def _kill_group(proc: subprocess.Popen[str]) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
+                kill_group(proc)
 
 
 # ----------------------------------------------------------------------------- one mode

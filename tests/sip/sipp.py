@@ -82,11 +82,15 @@ class SippResult:
 
 
 def render_scenario(
-    name: str, workdir: Path, values: dict[str, object], blocks: set[str] = frozenset()
+    name: str,
+    workdir: Path,
+    values: dict[str, object],
+    blocks: set[str] = frozenset(),
+    templates: Path = SCENARIOS,
 ) -> Path:
-    """Fill a scenario template into `workdir`: placeholders from `values`, keep `blocks`
-    (a block nested in another is kept only when both are)."""
-    text = (SCENARIOS / f"{name}.xml").read_text()
+    """Fill the scenario template `templates/<name>.xml` into `workdir`: placeholders from
+    `values`, keep `blocks` (a block nested in another is kept only when both are)."""
+    text = (templates / f"{name}.xml").read_text()
     while True:  # again for blocks nested in kept ones
         kept = _BLOCK.sub(lambda m: m.group(2) if m.group(1) in blocks else "", text)
         if kept == text:
@@ -120,6 +124,48 @@ def parse_message_log(text: str) -> tuple[list[int], list[str], list[str]]:
     return responses, received, sent
 
 
+def sipp_command(
+    scenario: Path,
+    host: str,
+    port: int,
+    logs: tuple[Path, Path, Path],
+    *,
+    transport: Literal["udp", "tcp"] = "udp",
+    service: str = "1000",
+    timeout_s: float = 30.0,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """sipp placing one call of `scenario` to host:port from free local ports, stopping with
+    an error after `timeout_s`; `logs`: its message, error and action log files."""
+    message_log, error_log, action_log = logs
+    return [
+        SIPP, f"{host}:{port}", "-sf", str(scenario),
+        "-t", "t1" if transport == "tcp" else "u1",
+        "-i", HOST, "-p", str(free_port(udp=transport == "udp", tcp=transport == "tcp")),
+        "-mi", HOST, "-mp", str(free_udp_block()),
+        "-s", service, "-m", "1", "-l", "1", "-nostdin",
+        "-timeout", f"{max(1, round(timeout_s))}s", "-timeout_error",
+        "-trace_msg", "-message_file", str(message_log),
+        "-trace_err", "-error_file", str(error_log),
+        "-trace_logs", "-log_file", str(action_log),
+        *extra_args,
+    ]  # fmt: skip
+
+
+def start_sipp(command: list[str], workdir: Path) -> subprocess.Popen[str]:
+    """Start sipp in its own process group (see `kill_group`), output captured as text."""
+    return subprocess.Popen(
+        command,
+        cwd=workdir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
+
+
 def run_sipp(
     scenario: Path,
     host: str,
@@ -141,29 +187,12 @@ def run_sipp(
     stem = scenario.stem
     message_log, error_log = workdir / f"{stem}_messages.log", workdir / f"{stem}_errors.log"
     action_log = workdir / f"{stem}_logs.log"
-    command = [
-        SIPP, f"{host}:{port}", "-sf", str(scenario),
-        "-t", "t1" if transport == "tcp" else "u1",
-        "-i", HOST, "-p", str(free_port(udp=transport == "udp", tcp=transport == "tcp")),
-        "-mi", HOST, "-mp", str(free_udp_block()),
-        "-s", service, "-m", "1", "-l", "1", "-nostdin",
-        "-timeout", f"{max(1, round(timeout_s))}s", "-timeout_error",
-        "-trace_msg", "-message_file", str(message_log),
-        "-trace_err", "-error_file", str(error_log),
-        "-trace_logs", "-log_file", str(action_log),
-        *extra_args,
-    ]  # fmt: skip
+    command = sipp_command(
+        scenario, host, port, (message_log, error_log, action_log),
+        transport=transport, service=service, timeout_s=timeout_s, extra_args=extra_args,
+    )  # fmt: skip
     started = time.monotonic()
-    proc = subprocess.Popen(
-        command,
-        cwd=workdir,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        errors="replace",
-        start_new_session=True,
-    )
+    proc = start_sipp(command, workdir)
     timed_out = False
     try:
         stdout, stderr = proc.communicate(timeout=timeout_s + 5)
