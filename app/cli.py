@@ -1,6 +1,7 @@
 """The `switchboard` command: serve, validate dialplans, check a configuration.
 
-Exit codes: 0 success, 1 invalid dialplans or routes, 2 invalid configuration or usage.
+Exit codes: 0 success, 1 invalid dialplans or routes (models: a failed download, install or
+verification), 2 invalid configuration or usage.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from app import __version__
 from app.config import Config, ConfigError, dump_config, load_config
+from app.models.commands import add_models_parser
 
 EXIT_OK, EXIT_INVALID, EXIT_CONFIG = 0, 1, 2
 
@@ -72,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_config_option(check)
     check.set_defaults(command=_check_config)
+
+    add_models_parser(commands, _add_config_option)
     return parser
 
 

@@ -29,8 +29,8 @@ from app import __version__
 ENV_PREFIX = "SWITCHBOARD_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 SUPPORTED_CODECS = ("PCMU", "PCMA")
-ASR_ENGINES = ("pocketsphinx", "vosk", "whisper")
-TTS_ENGINES = ("espeak", "piper")
+ASR_ENGINES = ("pocketsphinx", "vosk", "whisper", "openai")
+TTS_ENGINES = ("espeak", "piper", "openai")
 
 
 class ConfigError(ValueError):
@@ -158,17 +158,152 @@ class VadConfig:
             )
 
 
+def _engine_chain(engines: tuple[str, ...]) -> Check:
+    def check(value: tuple[str, ...]) -> tuple[str, ...]:
+        chain = tuple(_one_of(engines)(name) for name in value)
+        if len(set(chain)) != len(chain):
+            raise ValueError("lists an engine twice")
+        return chain
+
+    return check
+
+
+def _secret(value: str) -> str:
+    return value.strip()
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLimits:
+    """How long a fallback chain waits for an engine, and how many calls it serves at once.
+
+    `first_result_ms`: audio an ASR engine may fall behind (a hung or overloaded engine) before
+    the turn moves to the next engine; for TTS, the wait for the first audio of a sentence.
+    `final_ms`: the wait for an ASR engine's final result once the caller stopped speaking.
+    `max_streams`: turns or prompts the engine serves at once (0: no limit); the next one
+    goes to the next engine instead of queueing.
+    """
+
+    first_result_ms: int = field(default=1500, metadata=_check(_between(50, 120_000)))
+    final_ms: int = field(default=2000, metadata=_check(_between(50, 120_000)))
+    max_streams: int = field(default=0, metadata=_check(_between(0, 10_000)))
+
+
+@dataclass(frozen=True, slots=True)
+class PocketSphinxConfig(EngineLimits):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class VoskConfig(EngineLimits):
+    # A model name in [models] dir (`switchboard models list`) or a path to a model folder.
+    model: str = field(default="vosk-model-small-en-us-0.15", metadata=_check(_non_empty))
+
+
+@dataclass(frozen=True, slots=True)
+class WhisperConfig(EngineLimits):
+    model: str = field(default="faster-whisper-base.en", metadata=_check(_non_empty))
+    device: str = field(default="cpu", metadata=_check(_one_of(("cpu", "cuda", "auto"))))
+    compute_type: str = field(default="int8", metadata=_check(_non_empty))
+    beam_size: int = field(default=5, metadata=_check(_between(1, 20)))
+    cpu_threads: int = field(default=1, metadata=_check(_between(0, 256)))
+    workers: int = field(default=1, metadata=_check(_between(1, 64)))
+    partial_interval_ms: int = field(default=1000, metadata=_check(_between(0, 30_000)))
+    final_ms: int = field(default=4000, metadata=_check(_between(50, 120_000)))
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAiAsrConfig(EngineLimits):
+    """An OpenAI-compatible `/v1/audio/transcriptions` service (OpenAI, or a self-hosted
+    Whisper server). `api_key` empty: taken from the environment variable `api_key_env`."""
+
+    url: str = field(
+        default="http://127.0.0.1:8000/v1", metadata=_check(_url(("http", "https"), "http(s)://"))
+    )
+    model: str = field(default="whisper-1", metadata=_check(_non_empty))
+    api_key: str = field(default="", metadata=_check(_secret))
+    api_key_env: str = "OPENAI_API_KEY"
+    final_ms: int = field(default=5000, metadata=_check(_between(50, 120_000)))
+
+
 @dataclass(frozen=True, slots=True)
 class AsrConfig:
+    """`engine` answers first; `fallbacks` take over in order when it fails, hangs or is full."""
+
     engine: str = field(default="pocketsphinx", metadata=_check(_one_of(ASR_ENGINES)))
+    fallbacks: tuple[str, ...] = field(default=(), metadata=_check(_engine_chain(ASR_ENGINES)))
+    breaker_failures: int = field(default=3, metadata=_check(_between(1, 1000)))
+    breaker_cooldown_s: float = field(default=30.0, metadata=_check(_positive))
+    pocketsphinx: PocketSphinxConfig = field(default_factory=PocketSphinxConfig)
+    vosk: VoskConfig = field(default_factory=VoskConfig)
+    whisper: WhisperConfig = field(default_factory=WhisperConfig)
+    openai: OpenAiAsrConfig = field(default_factory=OpenAiAsrConfig)
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        return (self.engine, *(name for name in self.fallbacks if name != self.engine))
+
+
+@dataclass(frozen=True, slots=True)
+class EspeakConfig(EngineLimits):
+    voice: str = field(default="en-us", metadata=_check(_non_empty))
+    words_per_minute: int = field(default=165, metadata=_check(_between(80, 450)))
+
+
+@dataclass(frozen=True, slots=True)
+class PiperConfig(EngineLimits):
+    # A folder of voices (<name>.onnx + <name>.onnx.json): a path, or "" for [models] dir.
+    voices: str = ""
+    voice: str = field(default="en_US-lessac-medium", metadata=_check(_non_empty))
+    # Phoneme duration: 1.0 the voice's own pace, 0.8 faster, 1.25 slower.
+    length_scale: float = field(default=1.0, metadata=_check(_between(0.25, 4.0)))
+    cpu_threads: int = field(default=1, metadata=_check(_between(0, 256)))
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAiTtsConfig(EngineLimits):
+    """An OpenAI-compatible `/v1/audio/speech` service."""
+
+    url: str = field(
+        default="http://127.0.0.1:8000/v1", metadata=_check(_url(("http", "https"), "http(s)://"))
+    )
+    model: str = field(default="tts-1", metadata=_check(_non_empty))
+    voice: str = field(default="alloy", metadata=_check(_non_empty))
+    speed: float = field(default=1.0, metadata=_check(_between(0.25, 4.0)))
+    api_key: str = field(default="", metadata=_check(_secret))
+    api_key_env: str = "OPENAI_API_KEY"
+    first_result_ms: int = field(default=3000, metadata=_check(_between(50, 120_000)))
 
 
 @dataclass(frozen=True, slots=True)
 class TtsConfig:
+    """`engine` speaks first; `fallbacks` take over in order. A dialplan's `voice` goes to the
+    engine that has it; the others speak in their own configured voice."""
+
     engine: str = field(default="espeak", metadata=_check(_one_of(TTS_ENGINES)))
-    voice: str = field(default="en-us", metadata=_check(_non_empty))
-    words_per_minute: int = field(default=165, metadata=_check(_between(80, 450)))
+    fallbacks: tuple[str, ...] = field(default=(), metadata=_check(_engine_chain(TTS_ENGINES)))
     prompt_cache_mb: int = field(default=32, metadata=_check(_between(0, 4096)))
+    breaker_failures: int = field(default=3, metadata=_check(_between(1, 1000)))
+    breaker_cooldown_s: float = field(default=30.0, metadata=_check(_positive))
+    espeak: EspeakConfig = field(default_factory=EspeakConfig)
+    piper: PiperConfig = field(default_factory=PiperConfig)
+    openai: OpenAiTtsConfig = field(default_factory=OpenAiTtsConfig)
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        return (self.engine, *(name for name in self.fallbacks if name != self.engine))
+
+
+@dataclass(frozen=True, slots=True)
+class ModelsConfig:
+    """Where model files live (`switchboard models pull` installs there; engines load there)."""
+
+    dir: Path = Path("models")
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +338,7 @@ class Config:
     vad: VadConfig = field(default_factory=VadConfig)
     asr: AsrConfig = field(default_factory=AsrConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
     dialplans: DialplansConfig = field(default_factory=DialplansConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     state: StateConfig = field(default_factory=StateConfig)
@@ -252,27 +388,42 @@ def _read_file(path: Path) -> list[tuple[str, str, Any]]:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    entries = []
+    entries: list[tuple[str, str, Any]] = []
     for section, table in document.items():
         _known_section(section, f"in {path}")
         if not isinstance(table, dict):
             raise ConfigError(f"{section}: expected a [{section}] table (in {path})")
-        for key, value in table.items():
-            _known_key(section, key, f"in {path}")
-            entries.append((section, key, value))
+        _table_entries(section, table, "", f"in {path}", entries)
     return entries
 
 
+def _table_entries(section: str, table: dict[str, Any], prefix: str, where: str, out: list) -> None:
+    """Flatten a section's table: `[asr.whisper] model = ...` -> ("asr", "whisper.model", ...)."""
+    for key, value in table.items():
+        kind = _field_type(section, SECTIONS[section], prefix + key, where)
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"{section}.{prefix}{key}: expected a [{section}.{prefix}{key}] table ({where})"
+                )
+            _table_entries(section, value, f"{prefix}{key}.", where, out)
+        else:
+            out.append((section, prefix + key, value))
+
+
 def _read_environ(environ: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
-    """`SWITCHBOARD_SIP__UDP_PORT=5070` -> ("sip", "udp_port", "5070", variable name)."""
+    """`SWITCHBOARD_SIP__UDP_PORT=5070` -> ("sip", "udp_port", "5070", variable name);
+    `SWITCHBOARD_ASR__WHISPER__MODEL` -> ("asr", "whisper.model", ...)."""
     entries = []
     for variable, value in sorted(environ.items()):
         if not variable.startswith(ENV_PREFIX) or "__" not in variable:
             continue
         section, _, key = variable[len(ENV_PREFIX) :].lower().partition("__")
+        key = key.replace("__", ".")
         where = f"from environment {variable}"
         _known_section(section, where)
-        _known_key(section, key, where)
+        if dataclasses.is_dataclass(_field_type(section, SECTIONS[section], key, where)):
+            raise ConfigError(f"'{section}.{key}' is a table: set one of its keys ({where})")
         entries.append((section, key, value, variable))
     return entries
 
@@ -282,13 +433,18 @@ def _known_section(section: str, where: str) -> None:
         raise ConfigError(f"unknown section {section!r}{_suggest(section, SECTIONS)} ({where})")
 
 
-def _known_key(section: str, key: str, where: str) -> None:
-    names = [f.name for f in dataclasses.fields(SECTIONS[section])]
-    if key not in names:
-        qualified = [f"{section}.{name}" for name in names]
-        raise ConfigError(
-            f"unknown key '{section}.{key}'{_suggest(f'{section}.{key}', qualified)} ({where})"
-        )
+def _field_type(section: str, cls: type, key: str, where: str, scope: str = "") -> Any:
+    """The type of `key` (dotted for a sub-table) in `cls`; ConfigError naming it if unknown."""
+    head, _, rest = key.partition(".")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    scope = scope or section
+    if head not in names or (rest and not dataclasses.is_dataclass(hints[head])):
+        guess = _suggest(f"{scope}.{head}", [f"{scope}.{name}" for name in names])
+        raise ConfigError(f"unknown key '{scope}.{key}'{guess} ({where})")
+    if rest:
+        return _field_type(section, hints[head], rest, where, f"{scope}.{head}")
+    return hints[head]
 
 
 def _suggest(word: str, choices: typing.Iterable[str]) -> str:
@@ -300,12 +456,19 @@ def _build_section(name: str, cls: type, raw: dict[str, tuple[Any, str]]) -> Any
     hints = typing.get_type_hints(cls)
     values = {}
     for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            prefix = f"{f.name}."
+            nested = {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}
+            if nested:
+                values[f.name] = _build_section(f"{name}.{f.name}", kind, nested)
+            continue
         if f.name not in raw:
             continue
         value, where = raw[f.name]
         key = f"{name}.{f.name}"
         try:
-            typed = _coerce(value, hints[f.name])
+            typed = _coerce(value, kind)
             check = f.metadata.get("check")
             values[f.name] = check(typed) if check else typed
         except ValueError as exc:
@@ -379,6 +542,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         server=dataclasses.replace(config.server, data_dir=resolve(config.server.data_dir)),
         sip=dataclasses.replace(config.sip, routes=resolve(config.sip.routes)),
         dialplans=dataclasses.replace(config.dialplans, dir=resolve(config.dialplans.dir)),
+        models=dataclasses.replace(config.models, dir=resolve(config.models.dir)),
         store=dataclasses.replace(config.store, url=_resolve_sqlite_url(config.store.url, base)),
     )
 
@@ -406,17 +570,29 @@ def redact_url(url: str) -> str:
 
 
 def dump_config(config: Config) -> str:
-    """The effective configuration as TOML, passwords redacted (for `switchboard config check`)."""
+    """The effective configuration as TOML, passwords and API keys redacted (for
+    `switchboard config check`)."""
     lines = [f"# source: {config.source or '(defaults, no file)'}"]
     for name in SECTIONS:
-        section = getattr(config, name)
-        lines.append(f"\n[{name}]")
-        for f in dataclasses.fields(section):
-            value = getattr(section, f.name)
-            if f.name == "url":
-                value = redact_url(value)
-            lines.append(f"{f.name} = {_toml_value(value)}")
+        _dump_table(name, getattr(config, name), lines)
     return "\n".join(lines) + "\n"
+
+
+def _dump_table(name: str, section: Any, lines: list[str]) -> None:
+    lines.append(f"\n[{name}]")
+    tables = []
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            tables.append((f"{name}.{f.name}", value))
+            continue
+        if f.name == "url":
+            value = redact_url(value)
+        elif f.name == "api_key" and value:
+            value = "***"
+        lines.append(f"{f.name} = {_toml_value(value)}")
+    for table_name, table in tables:
+        _dump_table(table_name, table, lines)
 
 
 def _toml_value(value: Any) -> str:

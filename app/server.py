@@ -11,19 +11,22 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.asr.base import AsrEngine
+from app.asr.base import AsrEngine, AsrError
+from app.asr.fallback import FallbackAsrEngine
 from app.call.bargein import BargeInConfig
 from app.call.endpointing import EndpointerConfig, FrameClassifier
 from app.call.events import EventBus
 from app.call.hangover import Hangover
 from app.call.session import CallServices, CallSession, SessionConfig
-from app.config import Config, redact_url
+from app.config import Config, EngineLimits, redact_url
 from app.dialog.dialplan import Dialplan, DialplanError, load_dialplans
 from app.media.audio import CALL_RATE
+from app.models import ModelMissing, resolve_model, resolve_piper_voices
+from app.resilience import CircuitBreaker, EngineGuard, Limits
 from app.services.llm import ChatClient
 from app.services.webhook import WebhookClient
 from app.sip.admission import Admission
@@ -31,8 +34,9 @@ from app.sip.routes import RoutesError, RouteTable
 from app.state import open_state
 from app.state.base import LiveState
 from app.store.recorder import CallRecorder
-from app.tts.base import TtsEngine
+from app.tts.base import TtsEngine, TtsError
 from app.tts.cache import PromptCache
+from app.tts.fallback import FallbackTtsEngine
 
 log = logging.getLogger("switchboard")
 
@@ -45,13 +49,71 @@ class StartupError(RuntimeError):
     """The server cannot start; the message says what to fix."""
 
 
-def create_asr(config: Config) -> AsrEngine:
-    name = config.asr.engine
+def create_asr(config: Config, environ: Mapping[str, str] | None = None) -> AsrEngine:
+    """The ASR chain of `[asr]` (engine, then fallbacks), each engine loaded once, guarded.
+
+    Any engine that cannot load stops the server here, naming what to install or pull."""
+    asr = config.asr
+    chain = []
+    for name in asr.chain:
+        settings = getattr(asr, name)
+        try:
+            engine = _asr_engine(name, config, os.environ if environ is None else environ)
+        except (AsrError, ModelMissing) as exc:
+            raise StartupError(f"asr.{name}: {exc}") from None
+        breaker = CircuitBreaker(f"asr {name}", asr.breaker_failures, asr.breaker_cooldown_s)
+        chain.append((engine, EngineGuard(name, _limits(settings), breaker)))
+    return FallbackAsrEngine(chain)
+
+
+def _asr_engine(name: str, config: Config, environ: Mapping[str, str]) -> AsrEngine:
+    asr, models = config.asr, config.models.dir
     if name == "pocketsphinx":
         from app.asr.pocketsphinx import PocketSphinxEngine
 
-        return PocketSphinxEngine()
-    raise StartupError(f"asr.engine: unknown engine {name!r} (available: pocketsphinx)")
+        streams = asr.pocketsphinx.max_streams
+        return PocketSphinxEngine(pool_size=streams) if streams else PocketSphinxEngine()
+    if name == "vosk":
+        from app.asr.vosk import VoskEngine
+
+        return VoskEngine(resolve_model(models, "vosk", asr.vosk.model))
+    if name == "whisper":
+        from app.asr.whisper import WhisperEngine
+
+        whisper = asr.whisper
+        return WhisperEngine(
+            resolve_model(models, "whisper", whisper.model),
+            device=whisper.device,
+            compute_type=whisper.compute_type,
+            beam_size=whisper.beam_size,
+            cpu_threads=whisper.cpu_threads,
+            num_workers=whisper.workers,
+            partial_interval_s=whisper.partial_interval_ms / 1000 or None,
+        )
+    if name == "openai":
+        from app.asr.openai import OpenAiSttEngine
+
+        vendor = asr.openai
+        return OpenAiSttEngine(
+            vendor.url,
+            vendor.model,
+            api_key=_api_key(vendor.api_key, vendor.api_key_env, environ),
+            timeout_s=vendor.final_ms / 1000,
+        )
+    raise StartupError(f"asr.engine: unknown engine {name!r}")
+
+
+def _limits(settings: EngineLimits) -> Limits:
+    return Limits(
+        first_result_s=settings.first_result_ms / 1000,
+        final_s=settings.final_ms / 1000,
+        max_streams=settings.max_streams,
+    )
+
+
+def _api_key(configured: str, variable: str, environ: Mapping[str, str]) -> str | None:
+    """The configured key, else the environment's; never logged."""
+    return configured or environ.get(variable) or None
 
 
 def classifier_factory(config: Config) -> Callable[[], FrameClassifier] | None:
@@ -74,13 +136,50 @@ def classifier_factory(config: Config) -> Callable[[], FrameClassifier] | None:
     return make
 
 
-def create_tts(config: Config) -> TtsEngine:
-    name = config.tts.engine
+def create_tts(config: Config, environ: Mapping[str, str] | None = None) -> TtsEngine:
+    """The TTS chain of `[tts]` (engine, then fallbacks), each engine loaded once, guarded."""
+    tts = config.tts
+    chain = []
+    for name in tts.chain:
+        settings = getattr(tts, name)
+        try:
+            engine = _tts_engine(name, config, os.environ if environ is None else environ)
+        except (TtsError, ModelMissing) as exc:
+            raise StartupError(f"tts.{name}: {exc}") from None
+        breaker = CircuitBreaker(f"tts {name}", tts.breaker_failures, tts.breaker_cooldown_s)
+        chain.append((engine, EngineGuard(name, _limits(settings), breaker)))
+    return FallbackTtsEngine(chain)
+
+
+def _tts_engine(name: str, config: Config, environ: Mapping[str, str]) -> TtsEngine:
+    tts = config.tts
     if name == "espeak":
         from app.tts.espeak import EspeakEngine
 
-        return EspeakEngine(voice=config.tts.voice, words_per_minute=config.tts.words_per_minute)
-    raise StartupError(f"tts.engine: unknown engine {name!r} (available: espeak)")
+        return EspeakEngine(voice=tts.espeak.voice, words_per_minute=tts.espeak.words_per_minute)
+    if name == "piper":
+        from app.tts.piper import PiperEngine
+
+        piper = tts.piper
+        return PiperEngine(
+            resolve_piper_voices(config.models.dir, piper.voices, piper.voice),
+            voice=piper.voice,
+            length_scale=piper.length_scale,
+            cpu_threads=piper.cpu_threads,
+        )
+    if name == "openai":
+        from app.tts.openai import OpenAiTtsEngine
+
+        vendor = tts.openai
+        return OpenAiTtsEngine(
+            vendor.url,
+            vendor.model,
+            voice=vendor.voice,
+            api_key=_api_key(vendor.api_key, vendor.api_key_env, environ),
+            speed=vendor.speed,
+            timeout_s=vendor.first_result_ms / 1000,
+        )
+    raise StartupError(f"tts.engine: unknown engine {name!r}")
 
 
 @dataclass
@@ -111,6 +210,7 @@ class Server:
         with self._reload_lock:
             try:
                 dialplans, routes = load_plans_and_routes(self.config)
+                check_voices(dialplans, self.tts)
             except StartupError as exc:
                 log.error("dialplan reload refused, keeping the running set: %s", exc)
                 return False
@@ -147,7 +247,7 @@ class Server:
             ),
             classifier=classifier_factory(self.config),
             no_input_ms=vad.no_input_ms,
-            tts_voice=self.config.tts.voice,
+            tts_voice=None,
             recordings_dir=self.config.server.data_dir / "recordings",
         )
 
@@ -192,6 +292,10 @@ class Server:
         self.state.close()
         self.webhooks.close()
         self.chat.close()
+        for engine in (self.asr, self.tts):
+            close = getattr(engine, "close", None)
+            if close is not None:
+                close()
 
 
 class _CurrentRoutes(RouteTable):
@@ -220,12 +324,25 @@ def load_plans_and_routes(config: Config) -> tuple[dict[str, Dialplan], RouteTab
     return dialplans, routes
 
 
+def check_voices(dialplans: dict[str, Dialplan], tts: TtsEngine) -> None:
+    """A dialplan's `voice` must be one some TTS engine has; StartupError naming each that is
+    not (caught at start-up or reload, not on a call)."""
+    unknown = [
+        f"dialplan {name}: voice {plan.voice!r} is not a voice of any TTS engine of [tts]"
+        for name, plan in sorted(dialplans.items())
+        if plan.voice and not tts.has_voice(plan.voice)
+    ]
+    if unknown:
+        raise StartupError("\n  ".join(unknown))
+
+
 def build_server(config: Config) -> Server:
     """Load everything a call needs; raise `StartupError` naming what is wrong."""
     dialplans, routes = load_plans_and_routes(config)
     classifier_factory(config)  # a missing VAD model fails here, before any call
     asr = create_asr(config)
     tts = create_tts(config)
+    check_voices(dialplans, tts)
     recorder = CallRecorder(config.store.url, node=config.server.node)
     recorder.start()
     state = open_state(config.state.url, node=config.server.node)

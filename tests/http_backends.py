@@ -14,6 +14,8 @@ with requests left hanging:
 from __future__ import annotations
 
 import contextlib
+import email.policy
+import email.utils
 import json
 import logging
 import socket
@@ -22,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
@@ -45,6 +48,36 @@ class RecordedRequest:
         """The body decoded as JSON; None when empty. Raises ValueError when not JSON."""
         return json.loads(self.body) if self.body else None
 
+    @property
+    def form(self) -> dict[str, FormPart]:
+        """A multipart/form-data body's parts by field name (the stdlib's MIME parser)."""
+        kind = self.headers.get("content-type", "")
+        if not kind.startswith("multipart/form-data"):
+            raise ValueError(f"not a multipart form: {kind!r}")
+        message = BytesParser(policy=email.policy.HTTP).parsebytes(
+            f"Content-Type: {kind}\r\n\r\n".encode() + self.body
+        )
+        parts = {}
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            parts[name] = FormPart(
+                part.get_filename(), part.get_content_type(), part.get_payload(decode=True)
+            )
+        return parts
+
+
+@dataclass(frozen=True, slots=True)
+class FormPart:
+    """One field of a multipart form: `filename` is None for a plain field."""
+
+    filename: str | None
+    content_type: str
+    data: bytes
+
+    @property
+    def text(self) -> str:
+        return self.data.decode()
+
 
 @dataclass(frozen=True, slots=True)
 class Reply:
@@ -55,6 +88,9 @@ class Reply:
     headers: Mapping[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
     never_answer: bool = False
+    chunks: tuple[bytes, ...] | None = None
+    hold: threading.Event | None = None
+    cut: bool = False
 
     @classmethod
     def json(
@@ -101,6 +137,26 @@ class Reply:
         return cls.json(data if data is not None else {}, status, delay_s=delay_s)
 
     @classmethod
+    def stream(
+        cls,
+        chunks: Sequence[bytes],
+        status: int = 200,
+        *,
+        content_type: str = "application/octet-stream",
+        hold: threading.Event | None = None,
+        cut: bool = False,
+    ) -> Reply:
+        """`chunks` in chunked transfer encoding, each written as soon as the one before.
+
+        `hold`: after the first chunk, wait until it is set (or the backend closes), so a
+        test can see the first piece arrive alone. `cut`: close the connection instead of
+        ending the body properly (a stream that breaks).
+        """
+        return cls(
+            status, b"", {"Content-Type": content_type}, chunks=tuple(chunks), hold=hold, cut=cut
+        )
+
+    @classmethod
     def hang(cls) -> Reply:
         """Read the request, then never answer (until the backend closes)."""
         return cls(never_answer=True)
@@ -117,6 +173,11 @@ def unused_url() -> str:
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+def http_date(seconds_from_now: float) -> str:
+    """An HTTP-date `seconds_from_now` (as a Retry-After header may carry one)."""
+    return email.utils.formatdate(time.time() + seconds_from_now, usegmt=True)
 
 
 class JsonBackend:
@@ -432,9 +493,29 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self.send_response(reply.status)
         for name, value in reply.headers.items():
             self.send_header(name, value)
+        if reply.chunks is not None:
+            self._send_chunks(reply)
+            return
         self.send_header("Content-Length", str(len(reply.body)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(reply.body)
+
+    def _send_chunks(self, reply: Reply) -> None:
+        closing = self.server.backend._closing
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for index, chunk in enumerate(reply.chunks or ()):
+            if index == 1 and reply.hold is not None:
+                while not reply.hold.wait(0.02):
+                    if closing.is_set():
+                        self.close_connection = True
+                        return
+            if chunk:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        if reply.cut:
+            self.close_connection = True
+            return
+        self.wfile.write(b"0\r\n\r\n")
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
+import typing
 from pathlib import Path
 
 import pytest
@@ -155,10 +156,17 @@ def test_missing_file(tmp_path):
 
 def test_example_lists_every_key_and_loads(tmp_path):
     text = EXAMPLE.read_text()
-    for section, cls in SECTIONS.items():
-        assert f"[{section}]" in text
+    tables = list(SECTIONS.items())
+    while tables:  # every section and sub-table ([asr.whisper]) with every key of its own
+        name, cls = tables.pop()
+        assert f"\n[{name}]\n" in text, name
+        body = text.split(f"\n[{name}]\n", 1)[1].split("\n[", 1)[0]
+        hints = typing.get_type_hints(cls)
         for field in dataclasses.fields(cls):
-            assert re.search(rf"^#? ?{field.name} = ", text, re.MULTILINE), field.name
+            if dataclasses.is_dataclass(hints[field.name]):
+                tables.append((f"{name}.{field.name}", hints[field.name]))
+            else:
+                assert re.search(rf"^#? ?{field.name} = ", body, re.MULTILINE), (name, field.name)
     example = load_config(EXAMPLE)
     defaults = load_config(None)
     assert example.sip == dataclasses.replace(
@@ -180,3 +188,52 @@ def test_dump_round_trips_and_redacts_passwords(tmp_path):
 def test_redact_url_keeps_urls_without_password():
     assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
     assert redact_url("redis://:pw@host:6379") == "redis://:***@host:6379"
+
+
+def test_engine_tables_from_file_and_environment(tmp_path):
+    path = write(
+        tmp_path,
+        '[asr]\nengine = "whisper"\nfallbacks = ["vosk", "pocketsphinx"]\n'
+        '[asr.whisper]\nmodel = "faster-whisper-small.en"\nfinal_ms = 2500\n'
+        '[models]\ndir = "weights"\n',
+    )
+    config = load_config(path, {"SWITCHBOARD_ASR__WHISPER__DEVICE": "cuda"})
+    assert config.asr.chain == ("whisper", "vosk", "pocketsphinx")
+    assert config.asr.whisper.model == "faster-whisper-small.en"
+    assert config.asr.whisper.final_ms == 2500 and config.asr.whisper.device == "cuda"
+    assert config.asr.vosk.final_ms == 2000  # untouched tables keep their defaults
+    assert config.models.dir == tmp_path / "weights"
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "expected"),
+    [
+        (
+            "[asr.whisper]\nmodle = 'x'\n",
+            None,
+            "unknown key 'asr.whisper.modle' (did you mean 'asr.whisper.model'?)",
+        ),
+        ("[asr]\nwhisper = 'tiny'\n", None, "asr.whisper: expected a [asr.whisper] table"),
+        ("[asr]\nfallbacks = ['vosk', 'vosk']\n", None, "asr.fallbacks: lists an engine twice"),
+        (
+            "[tts]\nfallbacks = ['festival']\n",
+            None,
+            "tts.fallbacks: must be one of espeak, piper, openai",
+        ),
+        ("", {"SWITCHBOARD_ASR__WHISPER": "x"}, "'asr.whisper' is a table"),
+        (
+            "",
+            {"SWITCHBOARD_ASR__WHISPER__BEAM_SIZE": "0"},
+            "asr.whisper.beam_size: must be between 1 and 20",
+        ),
+    ],
+)
+def test_engine_table_errors_name_the_key(tmp_path, text, environ, expected):
+    assert expected in error_of(tmp_path, text, environ)
+
+
+def test_dump_redacts_api_keys_and_writes_engine_tables(tmp_path):
+    config = load_config(None, {"SWITCHBOARD_ASR__OPENAI__API_KEY": "sk-test-123"})
+    dumped = dump_config(config)
+    assert "sk-test-123" not in dumped and 'api_key = "***"' in dumped
+    assert tomllib.loads(dumped)["asr"]["openai"]["model"] == "whisper-1"

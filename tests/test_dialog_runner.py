@@ -541,3 +541,30 @@ def test_wrong_reply_type_is_an_error():
     assert isinstance(dialogue.send(None), Ask)
     with pytest.raises(TypeError, match="Ask expects"):
         dialogue.send("one two three four")
+
+
+def test_language_hotwords_and_initial_prompt_reach_the_recogniser(tmp_path):
+    path = plan(
+        tmp_path,
+        """
+        language: de-DE
+        voice: de
+        start: model
+        steps:
+          model:
+            ask: Welches Modell haben Sie?
+            hotwords: [Zyxel, FritzBox]
+            initial_prompt: Router Zyxel VMG, FritzBox 7590.
+            into: model
+            next: end
+          end:
+            hangup: true
+        """,
+    )
+    talk = Conversation(path)
+    actions = talk.run([said("FritzBox")])
+    options = next(a for a in actions if isinstance(a, Ask)).options
+    assert options.language == "de-DE"
+    assert options.hotwords == ("Zyxel", "FritzBox")
+    assert options.initial_prompt == "Router Zyxel VMG, FritzBox 7590."
+    assert talk.runner.dialplan.voice == "de"

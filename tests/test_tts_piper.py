@@ -271,8 +271,9 @@ def test_a_failure_mid_prompt_is_a_tts_error_after_the_audio_so_far(voices: Path
 
 @pytest.fixture(scope="module")
 def real_engine() -> PiperEngine:
-    root = models_root(f"{PIPER_VOICE}.onnx", f"{PIPER_VOICE}.onnx.json")
-    return PiperEngine(root / f"{PIPER_VOICE}.onnx", cpu_threads=2)
+    # the layout `switchboard models pull en_US-lessac-medium` installs: <models>/piper/
+    root = models_root(f"piper/{PIPER_VOICE}.onnx", f"piper/{PIPER_VOICE}.onnx.json")
+    return PiperEngine(root / "piper" / f"{PIPER_VOICE}.onnx", cpu_threads=2)
 
 
 def test_real_sentence_of_plausible_duration_and_energy(real_engine: PiperEngine) -> None:

@@ -25,6 +25,8 @@ class AsrResult:
     confidence: float
     is_final: bool
     engine: str = ""
+    notes: tuple[str, ...] = ()
+    """Why engines before `engine` did not answer (a fallback chain's record for the turn)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,9 @@ class RecognitionOptions:
     `grammar` names a built-in grammar (e.g. "digits"), `jsgf` is a grammar's text, `phrases` a
     list of accepted phrases; at most one of them. None of them means open vocabulary.
     `extra_phrases` are accepted besides the constraint (e.g. "agent" at any question).
+    `hotwords` and `initial_prompt` bias an open-vocabulary engine (Whisper, a vendor API)
+    towards the step's words without constraining it; grammar engines ignore them.
+    `language` is a BCP 47 tag (the dialplan's).
     """
 
     grammar: str | None = None
@@ -41,10 +46,20 @@ class RecognitionOptions:
     jsgf: str | None = None
     extra_phrases: tuple[str, ...] = field(default_factory=tuple)
     language: str = "en-US"
+    hotwords: tuple[str, ...] = field(default_factory=tuple)
+    initial_prompt: str | None = None
 
 
 class AsrError(RuntimeError):
-    """An engine could not load or recognise; the message says why."""
+    """An engine could not load or recognise; the message says why.
+
+    `retry_after_s`: the engine said when to try again (a vendor's 429 Retry-After); a
+    fallback chain keeps the engine's circuit open at least that long.
+    """
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class AsrStream(ABC):

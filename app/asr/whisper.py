@@ -37,6 +37,7 @@ results. The policy itself is small, so it is implemented here (`app.asr.agreeme
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -124,7 +125,23 @@ def whisper_language(language: str) -> str:
 
 
 def hints_for(options: RecognitionOptions) -> WhisperHints:
-    """Map a turn's constraint to prompt, hotwords and output normalisation. AsrError if bad."""
+    """Map a turn's options to prompt, hotwords and output normalisation. AsrError if bad.
+
+    The step's own `hotwords` come first (hotwords are cut at 223 tokens); its
+    `initial_prompt` replaces the built-in one (the digits prompt)."""
+    hints = _constraint_hints(options)
+    if not options.hotwords and not options.initial_prompt:
+        return hints
+    own = _phrases(options.hotwords, "hotword")
+    words = ", ".join(part for part in (_hotwords(own), hints.hotwords) if part)
+    return dataclasses.replace(
+        hints,
+        hotwords=words or None,
+        initial_prompt=options.initial_prompt or hints.initial_prompt,
+    )
+
+
+def _constraint_hints(options: RecognitionOptions) -> WhisperHints:
     given = [name for name in ("grammar", "phrases", "jsgf") if getattr(options, name)]
     if len(given) > 1:
         raise AsrError(f"give only one of a grammar, a phrase list or a JSGF text, not {given}")

@@ -50,6 +50,8 @@ class TurnCompleted:
     of the reply taken by the media clock (None when nothing was played after this turn, e.g.
     the caller hung up). `barge_in`: the answer began while the prompt was playing.
     `end_silence_ms`: the silence that ended the answer (adaptive endpointing).
+    `engine` recognised the answer, `tts_engine` spoke the reply ("cache": the prompt cache);
+    `fallbacks` says why engines of a fallback chain before them did not ("asr whisper: ...").
     """
 
     call_id: str
@@ -67,6 +69,8 @@ class TurnCompleted:
     tts_ready_at: float | None = None
     barge_in: bool = False
     end_silence_ms: int | None = None
+    tts_engine: str | None = None
+    fallbacks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

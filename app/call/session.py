@@ -251,7 +251,7 @@ class CallSession:
         self._speaker = Speaker(
             self._tts,
             self._playout,
-            voice=self._config.tts_voice,
+            voice=self._dialplan.voice or self._config.tts_voice,
             cache=self._services.prompt_cache,
             name=f"speak-{self.call_id[:11]}",
         )
@@ -355,7 +355,7 @@ class CallSession:
             if prompt.error is not None:
                 raise prompt.error
             if speaker.played(prompt):
-                self._flush_pending_turn(self._playout.first_read_at, prompt.tts_ready_at)
+                self._flush_pending_turn(self._playout.first_read_at, prompt)
                 return "played"
             self._publish_turn_once_heard(prompt)
             if detector is None:
@@ -380,7 +380,7 @@ class CallSession:
     def _publish_turn_once_heard(self, prompt: Prompt) -> None:
         """The pending turn's reply has started playing: its latency is known now."""
         if self._pending is not None and self._playout.first_read_at is not None:
-            self._flush_pending_turn(self._playout.first_read_at, prompt.tts_ready_at)
+            self._flush_pending_turn(self._playout.first_read_at, prompt)
 
     def _open_inbound(self, drain: bool) -> None:
         """Let caller frames into the inbound queue (older audio dropped when `drain`)."""
@@ -426,11 +426,14 @@ class CallSession:
         heard = answer.heard
         if isinstance(heard, DtmfInput):
             transcript, confidence, engine, grammar = heard.digits, 1.0, "dtmf", "dtmf"
+            fallbacks: tuple[str, ...] = ()
         elif heard is not None:
             transcript, confidence, engine = heard.text, heard.confidence, heard.engine
             grammar = _grammar_label(ask.options)
+            fallbacks = tuple(f"asr {note}" for note in heard.notes)
         else:
             transcript, confidence, engine, grammar = "", 0.0, self._asr.name, None
+            fallbacks = ()
         if ask.sensitive and transcript:
             transcript = REDACTED
         self._flush_pending_turn(first_audio_at=None)
@@ -448,6 +451,7 @@ class CallSession:
             first_audio_at=None,
             barge_in=barged_in,
             end_silence_ms=answer.end_silence_ms,
+            fallbacks=fallbacks,
         )
         self._turn_index += 1
 
@@ -498,14 +502,20 @@ class CallSession:
         )
 
     def _flush_pending_turn(
-        self, first_audio_at: float | None, tts_ready_at: float | None = None
+        self, first_audio_at: float | None, reply: Prompt | None = None
     ) -> None:
+        """Publish the pending turn, with what is known of the `reply` prompt that followed."""
         turn, self._pending = self._pending, None
         if turn is None:
             return
-        self._bus.publish(
-            dataclasses.replace(turn, first_audio_at=first_audio_at, tts_ready_at=tts_ready_at)
-        )
+        if reply is not None:
+            turn = dataclasses.replace(
+                turn,
+                tts_ready_at=reply.tts_ready_at,
+                tts_engine=reply.engine,
+                fallbacks=(*turn.fallbacks, *(f"tts {note}" for note in reply.fallback_notes)),
+            )
+        self._bus.publish(dataclasses.replace(turn, first_audio_at=first_audio_at))
 
 
 def _grammar_label(options: RecognitionOptions) -> str | None:

@@ -21,6 +21,7 @@ from app.media.playout import PlayoutBuffer
 from app.media.resample import Resampler
 from app.tts.base import TtsEngine
 from app.tts.cache import PromptCache, PromptKey
+from app.tts.fallback import Render
 from app.tts.sentences import split_for_speech
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,10 @@ class Prompt:
     """Epoch seconds the first audio of the prompt was ready for playout."""
     from_cache: bool = False
     error: BaseException | None = None
+    engine: str | None = None
+    """The TTS engine that spoke it ("cache" when it came from the prompt cache)."""
+    fallback_notes: list[str] = field(default_factory=list)
+    """Why engines of a fallback chain did not speak a sentence of it."""
 
 
 class Speaker:
@@ -109,6 +114,7 @@ class Speaker:
             pcm = self._cache.get_pcm(key)
             if pcm is not None:
                 prompt.from_cache = True
+                prompt.engine = "cache"
                 prompt.tts_ready_at = time.time()
                 if self._playout.write(pcm, cancel=prompt.stopped):
                     self._playout.end_of_prompt()
@@ -122,13 +128,37 @@ class Speaker:
                     continue
                 if prompt.tts_ready_at is None:
                     prompt.tts_ready_at = time.time()
+                    self._note_first_engine(prompt)
                 if not self._playout.write(pcm, cancel=prompt.stopped):
                     return
                 if kept is not None:
                     kept += pcm
+            if not self._note_engine(prompt):
+                kept = None  # a fallback engine's audio is not cached as the first engine's
         tail = resampler.flush()
         if not self._playout.write(tail, cancel=prompt.stopped):
             return
         self._playout.end_of_prompt()
         if kept is not None and key is not None and self._cache is not None:
             self._cache.put_pcm(key, bytes(kept + tail))
+
+    def _note_first_engine(self, prompt: Prompt) -> None:
+        """Who speaks the prompt, and why others did not, known when its first audio is ready
+        (the call's turn record is written when that audio is heard)."""
+        render = self._last_render()
+        prompt.engine = render.engine if render is not None else self._tts.name
+        if render is not None:
+            prompt.fallback_notes.extend(render.notes)
+
+    def _note_engine(self, prompt: Prompt) -> bool:
+        """Record why a fallback chain's first engine did not speak the last sentence; False
+        when it did not (its audio must not be cached under the first engine's name)."""
+        render = self._last_render()
+        if render is None:
+            return True
+        prompt.fallback_notes.extend(n for n in render.notes if n not in prompt.fallback_notes)
+        return render.engine == self._tts.name and not render.notes
+
+    def _last_render(self) -> Render | None:
+        last_render = getattr(self._tts, "last_render", None)
+        return last_render() if last_render is not None else None

@@ -18,7 +18,7 @@ from app.dialog.reader import VARIABLE_NAME, Reader, kind_name, suggest
 from app.dialog.steps import CALL_VARIABLES, AgentHandler, Handlers, Step
 from app.dialog.yamlsource import Mark, MarkedList, MarkedMap, YamlSourceError, load_marked
 
-TOP_KEYS = ("description", "start", "variables", "global", "steps")
+TOP_KEYS = ("description", "language", "voice", "start", "variables", "global", "steps")
 __all__ = ["MAX_DIGITS", "Dialplan", "DialplanError", "load_dialplan", "load_dialplans"]
 
 
@@ -43,6 +43,10 @@ class Dialplan:
     handlers: Handlers = field(default_factory=Handlers)
     variables: dict[str, str] = field(default_factory=dict)
     """Initial values of the dialplan's own variables (the `variables:` section)."""
+    language: str = "en-US"
+    """The callers' language (BCP 47), given to the recogniser of every question."""
+    voice: str | None = None
+    """The TTS voice of this dialplan's prompts (None: each engine's configured voice)."""
 
 
 def load_dialplans(directory: str | Path) -> dict[str, Dialplan]:
@@ -102,6 +106,8 @@ def _build(reader: Reader, path: Path, document: Any, version: str) -> Dialplan 
         return None
     reader.unknown_keys(document, TOP_KEYS, "", "at the top level")
     description = reader.text(document, "description", "") or ""
+    language = reader.text(document, "language", "") or "en-US"
+    voice = reader.text(document, "voice", "")
     start = reader.required_text(document, "start", "", "the name of the first step")
     variables = _variables(reader, document)
     handlers, handler_marks = _handlers(reader, document)
@@ -125,7 +131,9 @@ def _build(reader: Reader, path: Path, document: Any, version: str) -> Dialplan 
     check_plan(reader, steps_map, steps, start, handlers, handler_marks, variables)
     if start is None:
         return None
-    return Dialplan(path.stem, path, description, start, steps, version, handlers, variables)
+    return Dialplan(
+        path.stem, path, description, start, steps, version, handlers, variables, language, voice
+    )
 
 
 def _variables(reader: Reader, document: MarkedMap) -> dict[str, str]:

@@ -139,6 +139,8 @@ class StepParser:
         elif grammar is None and slot_type in BUILTIN_GRAMMARS:
             grammar = slot_type
         sensitive = self.r.boolean(body, "sensitive", where)
+        hotwords = self.r.list_of_text(body, "hotwords", where)
+        initial_prompt = self.r.text(body, "initial_prompt", where)
         return AskStep(
             name=name,
             line=body.mark.line,
@@ -158,6 +160,8 @@ class StepParser:
             jsgf=jsgf,
             collect=collect,
             retries=retries,
+            hotwords=hotwords,
+            initial_prompt=initial_prompt,
         )
 
     def _slot_type(self, body: MarkedMap, where: str) -> tuple[str | None, str | None]:
@@ -627,6 +631,8 @@ STEP_KINDS: dict[str, tuple[tuple[str, ...], KindParser]] = {
             "max",
             "into",
             "sensitive",
+            "hotwords",
+            "initial_prompt",
             *_COLLECT_KEYS,
             *_RETRY_KEYS,
             "next",

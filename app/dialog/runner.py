@@ -16,6 +16,7 @@ generator; the dialogue goes to the plan's `on_max_duration` step (once) or hang
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -317,6 +318,14 @@ class DialogRunner:
         return retries.reprompt(failure, misses[failure]) or first
 
     def _recognition(self, step: AskStep) -> RecognitionOptions:
+        return dataclasses.replace(
+            self._constraint(step),
+            language=self.dialplan.language,
+            hotwords=step.hotwords,
+            initial_prompt=step.initial_prompt,
+        )
+
+    def _constraint(self, step: AskStep) -> RecognitionOptions:
         if not step.collect.speech:
             return RecognitionOptions()
         extra = self._agent_phrases()

@@ -143,6 +143,10 @@ class AskStep(Step):
     """A PIN or the like: kept out of call records, transcripts, logs and the LLM history."""
     jsgf: str | None = None
     """The text of a grammar file given as `grammar: file.jsgf`."""
+    hotwords: tuple[str, ...] = ()
+    """Words an open-vocabulary recogniser (Whisper, a vendor API) should favour."""
+    initial_prompt: str | None = None
+    """Text shown to such a recogniser as if said before the answer (style, spelling)."""
     collect: Collect = field(default_factory=Collect)
     retries: Retries = field(default_factory=Retries)
 

@@ -61,6 +61,8 @@ def apply_event(session: Session, event: CallEvent, node: str) -> None:
         turn.response_ms = _ms(event.speech_end_at, event.first_audio_at)
         turn.barge_in = event.barge_in
         turn.end_silence_ms = event.end_silence_ms
+        turn.tts_engine = event.tts_engine
+        turn.fallbacks = "; ".join(event.fallbacks) or None
     elif isinstance(event, CallEnded):
         call = _call(session, event.call_id, node)
         call.ended_at = _ts(event.ended_at)

@@ -95,7 +95,9 @@ class Turn(Base):
     `decide_ms` final result -> decision (webhooks, LLM), `tts_ms` decision -> audio ready,
     `playout_ms` audio ready -> first frame sent, `response_ms` speech end -> first frame sent
     (what the caller feels). `barge_in`: the answer interrupted the prompt; `end_silence_ms`:
-    the silence that ended it (adaptive endpointing)."""
+    the silence that ended it (adaptive endpointing). `engine` recognised the answer,
+    `tts_engine` spoke the reply ("cache": from the prompt cache), `fallbacks` says why
+    engines of a fallback chain before them did not ("asr whisper: no final result ...")."""
 
     __tablename__ = "turns"
 
@@ -121,6 +123,8 @@ class Turn(Base):
     response_ms: Mapped[float | None] = mapped_column(Float)
     barge_in: Mapped[bool | None] = mapped_column(Boolean)
     end_silence_ms: Mapped[int | None] = mapped_column(Integer)
+    tts_engine: Mapped[str | None] = mapped_column(String)
+    fallbacks: Mapped[str | None] = mapped_column(Text)
 
 
 class CallVariable(Base):

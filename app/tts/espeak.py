@@ -74,6 +74,13 @@ class EspeakEngine(TtsEngine):
                     )
                 yield chunk
 
+    def has_voice(self, voice: str) -> bool:
+        try:
+            self._check_voice(voice)
+        except TtsError:
+            return False
+        return True
+
     def _catalog(self) -> tuple[set[str], set[str]]:
         """Voice names and variants the installed eSpeak knows.
 

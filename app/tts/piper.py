@@ -117,6 +117,10 @@ class PiperEngine(TtsEngine):
             if model.with_name(model.name + ".json").is_file()
         )
 
+    def has_voice(self, voice: str) -> bool:
+        stem = voice.removesuffix(".onnx")
+        return stem in self._voices or stem in self.available_voices()
+
     def synthesize(self, text: str, voice: str | None = None) -> Iterator[bytes]:
         """Yield each sentence's 16-bit mono PCM at `sample_rate` as soon as it is rendered."""
         name = self.voice if voice is None else voice
