@@ -146,7 +146,7 @@ class PromptRef:
         return self.frames[self.first : self.first + MATCH_FRAMES].ravel()
 
 
-def synthesise(tts, voice: str, text: str, codec: str) -> bytes:
+def synthesise(tts, voice: str | None, text: str, codec: str) -> bytes:
     """What the server plays for `text`: TTS chunks through a streaming resampler (as the call
     session does), padded to whole frames, through a G.711 round trip."""
     resampler = Resampler(tts.sample_rate, CALL_RATE)
@@ -184,15 +184,10 @@ def static_prompts(plan: dict) -> dict[str, str]:
 
 
 def server_tts(config):
-    """The TTS engine the server builds from `config` (its own factory where it has one)."""
-    try:
-        from app.server import create_tts
+    """The TTS chain the server builds from `config`."""
+    from app.server import create_tts
 
-        return create_tts(config)
-    except Exception:  # an older or half-edited server module: build the engine directly
-        from app.tts.espeak import EspeakEngine
-
-        return EspeakEngine(voice=config.tts.voice, words_per_minute=config.tts.words_per_minute)
+    return create_tts(config)
 
 
 @dataclass
@@ -1200,9 +1195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"{args.dialplan}: needs a static `{ASK_STEP}` ask step")
     tts = server_tts(config)
     refs = [
-        prompt_ref(
-            name, text, synthesise(tts, config.tts.voice, text, args.codec), args.voiced_dbfs
-        )
+        prompt_ref(name, text, synthesise(tts, None, text, args.codec), args.voiced_dbfs)
         for name, text in prompts.items()
     ]
     ask_ref = next(r for r in refs if r.name == ASK_STEP)
@@ -1222,7 +1215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "barge-in": f"ask barge_in={ask.get('barge_in', '(not set: server default)')}; "
         f"caller barges in {args.barge_at_ms[0]}-{args.barge_at_ms[1]} ms into the question",
         "question": f"{ask_ref.full_ms} ms of speech: {ask_ref.text!r}",
-        "tts": f"{config.tts.engine} voice {config.tts.voice}, {config.tts.words_per_minute} wpm",
+        "tts": f"{' -> '.join(config.tts.chain)} (espeak voice {config.tts.espeak.voice}, "
+        f"{config.tts.espeak.words_per_minute} wpm)",
         "echo (echo mode)": f"{args.echo_db:g} dB, {args.echo_ms:g} ms delay, caller silent",
         "caller speech": f"FSDD {'/'.join(SPEAKERS)}, 4 digits, pauses "
         f"{args.pause_ms[0]}-{args.pause_ms[1]} ms, answers {args.answer_after_ms:.0f} ms "
