@@ -40,7 +40,7 @@ from app.resilience import CircuitBreaker, EngineGuard, Limits  # noqa: E402
 from tests.sip.rtp_pcap import build_digit_utterance, silence  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
-SPEAKERS = ("jackson", "nicolas", "theo", "yweweler")
+SPEAKERS = ("jackson", "nicolas", "george", "yweweler")
 DIGITS = RecognitionOptions(grammar="digits")
 
 
