@@ -91,6 +91,8 @@ class Reply:
     chunks: tuple[bytes, ...] | None = None
     hold: threading.Event | None = None
     cut: bool = False
+    cut_after: int | None = None
+    """Announce the whole `body`'s length, send only this many bytes, drop the connection."""
 
     @classmethod
     def json(
@@ -498,8 +500,16 @@ class _RequestHandler(BaseHTTPRequestHandler):
             return
         self.send_header("Content-Length", str(len(reply.body)))
         self.end_headers()
-        if self.command != "HEAD":
+        if self.command == "HEAD":
+            return
+        if reply.cut_after is None:
             self.wfile.write(reply.body)
+            return
+        self.wfile.write(reply.body[: reply.cut_after])
+        self.wfile.flush()
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
 
     def _send_chunks(self, reply: Reply) -> None:
         closing = self.server.backend._closing
