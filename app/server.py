@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from app.asr.base import AsrEngine, AsrError
 from app.asr.fallback import FallbackAsrEngine
@@ -53,17 +54,27 @@ def create_asr(config: Config, environ: Mapping[str, str] | None = None) -> AsrE
     """The ASR chain of `[asr]` (engine, then fallbacks), each engine loaded once, guarded.
 
     Any engine that cannot load stops the server here, naming what to install or pull."""
-    asr = config.asr
+    environ = os.environ if environ is None else environ
+    return FallbackAsrEngine(
+        _guarded("asr", config.asr, lambda name: _asr_engine(name, config, environ), AsrError)
+    )
+
+
+def _guarded(
+    service: str, section: Any, build: Callable[[str], Any], error: type[Exception]
+) -> list[tuple[Any, EngineGuard]]:
+    """Each engine of `section.chain` built, with its limits and its own circuit breaker."""
     chain = []
-    for name in asr.chain:
-        settings = getattr(asr, name)
+    for name in section.chain:
         try:
-            engine = _asr_engine(name, config, os.environ if environ is None else environ)
-        except (AsrError, ModelMissing) as exc:
-            raise StartupError(f"asr.{name}: {exc}") from None
-        breaker = CircuitBreaker(f"asr {name}", asr.breaker_failures, asr.breaker_cooldown_s)
-        chain.append((engine, EngineGuard(name, _limits(settings), breaker)))
-    return FallbackAsrEngine(chain)
+            engine = build(name)
+        except (error, ModelMissing) as exc:
+            raise StartupError(f"{service}.{name}: {exc}") from None
+        breaker = CircuitBreaker(
+            f"{service} {name}", section.breaker_failures, section.breaker_cooldown_s
+        )
+        chain.append((engine, EngineGuard(name, _limits(getattr(section, name)), breaker)))
+    return chain
 
 
 def _asr_engine(name: str, config: Config, environ: Mapping[str, str]) -> AsrEngine:
@@ -138,17 +149,10 @@ def classifier_factory(config: Config) -> Callable[[], FrameClassifier] | None:
 
 def create_tts(config: Config, environ: Mapping[str, str] | None = None) -> TtsEngine:
     """The TTS chain of `[tts]` (engine, then fallbacks), each engine loaded once, guarded."""
-    tts = config.tts
-    chain = []
-    for name in tts.chain:
-        settings = getattr(tts, name)
-        try:
-            engine = _tts_engine(name, config, os.environ if environ is None else environ)
-        except (TtsError, ModelMissing) as exc:
-            raise StartupError(f"tts.{name}: {exc}") from None
-        breaker = CircuitBreaker(f"tts {name}", tts.breaker_failures, tts.breaker_cooldown_s)
-        chain.append((engine, EngineGuard(name, _limits(settings), breaker)))
-    return FallbackTtsEngine(chain)
+    environ = os.environ if environ is None else environ
+    return FallbackTtsEngine(
+        _guarded("tts", config.tts, lambda name: _tts_engine(name, config, environ), TtsError)
+    )
 
 
 def _tts_engine(name: str, config: Config, environ: Mapping[str, str]) -> TtsEngine:
