@@ -105,8 +105,10 @@ def test_keys_interrupt_the_greeting_and_answer_by_type_ahead(asr, tts, tmp_path
     stored = {e.name: e.value for e in collector.of(VariableSet)}
     assert stored["account"] == "12345" and stored["pin"] == "[redacted]"
     assert stored["balance"] == "42"
-    (webhook,) = collector.of(StepResult)
-    assert (webhook.kind, webhook.ok) == ("webhook", True)
+    results = collector.of(StepResult)
+    assert [(r.kind, r.ok) for r in results if r.kind != "dtmf"] == [("webhook", True)]
+    keys = [(r.step, r.detail) for r in results if r.kind == "dtmf"]
+    assert keys == [("ask_account", "12345"), ("ask_pin", "[redacted]"), ("anything_else", "4")]
     balance_prompt = tts_pcm(tts, "Your balance is 42 euros.")
     assert find_reference(bytes(line.heard), balance_prompt).correlation > 0.8
     greeting_s = len(tts_pcm(tts, plan.steps["greet"].text.source)) / 16000
@@ -187,8 +189,9 @@ def test_transfer_hands_the_call_over_and_does_not_hang_up(asr, tts, tmp_path):
     assert calls == [("sip:agents@127.0.0.1:5080", "bridge", 20.0)]
     assert session.transferred
     assert not line.bot_hung_up.is_set()  # after a transfer the SIP side owns the call
-    kinds = [(r.kind, r.ok) for r in collector.of(StepResult)]
-    assert kinds == [("agent", True), ("transfer", True)]
+    kinds = [(r.kind, r.ok, r.detail) for r in collector.of(StepResult) if r.kind != "agent"]
+    assert kinds[0] == ("dtmf", True, "0") and kinds[1][:2] == ("transfer", True)
+    assert [r.kind for r in collector.of(StepResult)] == ["dtmf", "agent", "transfer"]
 
 
 def test_maximum_call_duration_runs_its_handler(asr, tts, tmp_path):

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from app.store.db import open_engine
-from app.store.queries import get_call, get_steps, get_turns, get_variables
+from app.store.queries import get_call, get_events, get_turns, get_variables
 from app.tts.espeak import EspeakEngine
 from tests.conftest import REPO_ROOT
 from tests.http_backends import FakeChatServer, JsonBackend, Reply
@@ -114,10 +114,17 @@ class Records:
         return get_variables(self.engine, call_id)
 
     def steps(self, call_id: str) -> list[dict]:
-        return get_steps(self.engine, call_id)
+        """The outcomes of steps that reach outside the call (webhook, llm, transfer ...)."""
+        return [e for e in self.events(call_id) if e["kind"] not in _CALL_EVENT_KINDS]
+
+    def events(self, call_id: str) -> list[dict]:
+        return get_events(self.engine, call_id)
 
     def turns(self, call_id: str) -> list[dict]:
         return get_turns(self.engine, call_id)
+
+
+_CALL_EVENT_KINDS = {"dtmf", "fallback", "error"}
 
 
 def call_id_from(log: str, after: int, dialled: str) -> str:
@@ -201,6 +208,7 @@ def test_bank_account_by_voice_pin_by_rfc4733_menu_by_sip_info(site, tts, shared
     call_id = call_id_from(server.log, mark, "2001")
     call = records.call(call_id)
     assert (call["dialplan"], call["hangup_by"], call["disposition"]) == ("bank", "bot", "ANSWERED")
+    assert call["outcome"] == "contained"
     assert len(call["dialplan_version"]) == 64
     variables = records.variables(call_id)
     assert variables["account"] == account, records.turns(call_id)
@@ -212,7 +220,10 @@ def test_bank_account_by_voice_pin_by_rfc4733_menu_by_sip_info(site, tts, shared
     assert request.headers["x-request-id"] == call_id
     steps = [(s["step"], s["kind"], s["ok"]) for s in records.steps(call_id)]
     assert steps == [("lookup", "webhook", True)]
+    keys = [(e["step"], e["detail"]) for e in records.events(call_id) if e["kind"] == "dtmf"]
+    assert keys == [("ask_pin", "[redacted]"), ("anything_else", "4")]  # the PIN never stored
     turns = records.turns(call_id)
+    assert {t["result"] for t in turns} == {"matched"}
     assert [t["step"] for t in turns] == ["ask_account", "ask_pin", "anything_else"], [
         (t["step"], t["transcript"], t["engine"], str(t["asr_final_at"])) for t in turns
     ]
@@ -399,7 +410,7 @@ def test_transfer_by_refer_reaches_the_agent_phone(transfer_site, tmp_path):
     assert called.request_uri.startswith("sip:agent@")
     call_id = call_id_from(server.log, mark, "3001")
     call = records.call(call_id)
-    assert call["hangup_by"] == "transfer"
+    assert call["hangup_by"] == "transfer" and call["outcome"] == "transferred"
     (step,) = records.steps(call_id)
     assert (step["kind"], step["ok"]) == ("transfer", True) and step["detail"].endswith("by refer")
 

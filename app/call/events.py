@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class CallStarted:
     codec: str
     started_at: float
     answered_at: float | None
+    source: str = ""  # the signalling peer's address, host:port (the CDR's channel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,8 @@ class TurnCompleted:
     `end_silence_ms`: the silence that ended the answer (adaptive endpointing).
     `engine` recognised the answer, `tts_engine` spoke the reply ("cache": the prompt cache);
     `fallbacks` says why engines of a fallback chain before them did not ("asr whisper: ...").
+    `result`: what the dialogue made of the answer: "matched", "no_match" (heard, but not a
+    valid answer), "no_input" (nothing heard), None when not known (the call ended first).
     """
 
     call_id: str
@@ -71,6 +75,7 @@ class TurnCompleted:
     end_silence_ms: int | None = None
     tts_engine: str | None = None
     fallbacks: tuple[str, ...] = ()
+    result: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +101,11 @@ class VariableSet:
 
 @dataclass(frozen=True, slots=True)
 class StepResult:
-    """How a step that reaches outside the call went: a webhook, an LLM request, a transfer,
-    a recording, a request for an agent. `detail` is the error when `ok` is False."""
+    """Something that happened at a step besides a turn: how a step that reaches outside the
+    call went (kind "webhook", "llm", "transfer", "recording", "agent"), a DTMF answer
+    ("dtmf", the keys as detail, redacted on sensitive steps), an engine that a fallback chain
+    passed over ("fallback"), a failure of the dialogue ("error"). `detail` is the error when
+    `ok` is False. Recorded as a row of the `events` table."""
 
     call_id: str
     step: str
@@ -130,15 +138,29 @@ class CallObserver(Protocol):
 
 
 class EventBus:
-    """Fans events out to observers; one observer's failure never reaches the call."""
+    """Fans events out to observers; one observer's failure never reaches the call.
 
-    def __init__(self, observers: list[CallObserver] | None = None) -> None:
+    `transform` rewrites each event once before any observer sees it: the server redacts PII
+    there, so neither the records, the spool nor the dashboards' channel ever hold it."""
+
+    def __init__(
+        self,
+        observers: list[CallObserver] | None = None,
+        transform: Callable[[CallEvent], CallEvent] | None = None,
+    ) -> None:
         self._observers: list[CallObserver] = list(observers or [])
+        self._transform = transform
 
     def subscribe(self, observer: CallObserver) -> None:
         self._observers.append(observer)
 
     def publish(self, event: CallEvent) -> None:
+        if self._transform is not None:
+            try:
+                event = self._transform(event)
+            except Exception:
+                log.exception("call event transform failed on %s", type(event).__name__)
+                return  # never pass on an event whose redaction failed
         for observer in self._observers:
             try:
                 observer.on_call_event(event)

@@ -242,6 +242,7 @@ class CallSession:
             on_variable=self._publish_variable,
             on_outcome=self._publish_outcome,
             on_step=lambda name: self._bus.publish(StepEntered(self.call_id, name, time.time())),
+            on_answer=self._note_answer_result,
         )
         self._runner = runner
         self._bus.publish(
@@ -284,6 +285,8 @@ class CallSession:
         except Exception as exc:  # a broken engine must end this call cleanly, not the server
             self.error = exc
             log.exception("call %s: dialogue failed in step %s", self.call_id, step)
+            detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+            self._publish_event(step or "", "error", ok=False, detail=detail)
         finally:
             if self._timer is not None:
                 self._timer.cancel()
@@ -427,6 +430,8 @@ class CallSession:
         if isinstance(heard, DtmfInput):
             transcript, confidence, engine, grammar = heard.digits, 1.0, "dtmf", "dtmf"
             fallbacks: tuple[str, ...] = ()
+            keys = REDACTED if ask.sensitive else heard.digits
+            self._publish_event(ask.step, "dtmf", ok=True, detail=keys)
         elif heard is not None:
             transcript, confidence, engine = heard.text, heard.confidence, heard.engine
             grammar = _grammar_label(ask.options)
@@ -460,7 +465,7 @@ class CallSession:
         if self._stop.is_set():
             return Recording("", 0, "hangup")
         self._keys.clear()
-        path = self._config.recordings_dir / _safe_name(self.call_id) / record.path
+        path = self._config.recordings_dir / recording_folder(self.call_id) / record.path
         with self._hearing_the_caller():
             return self._listener.record(path, record.max_ms, record.silence_ms, record.no_input_ms)
 
@@ -495,11 +500,15 @@ class CallSession:
         self._bus.publish(VariableSet(self.call_id, step, name, value, time.time()))
 
     def _publish_outcome(self, outcome: StepOutcome) -> None:
-        self._bus.publish(
-            StepResult(
-                self.call_id, outcome.step, outcome.kind, outcome.ok, outcome.detail, time.time()
-            )
-        )
+        self._publish_event(outcome.step, outcome.kind, outcome.ok, outcome.detail)
+
+    def _publish_event(self, step: str, kind: str, ok: bool, detail: str) -> None:
+        self._bus.publish(StepResult(self.call_id, step, kind, ok, detail, time.time()))
+
+    def _note_answer_result(self, result: str) -> None:
+        """The dialogue judged the answer of the pending turn (runs on this worker)."""
+        if self._pending is not None and self._pending.result is None:
+            self._pending = dataclasses.replace(self._pending, result=result)
 
     def _flush_pending_turn(
         self, first_audio_at: float | None, reply: Prompt | None = None
@@ -516,6 +525,8 @@ class CallSession:
                 fallbacks=(*turn.fallbacks, *(f"tts {note}" for note in reply.fallback_notes)),
             )
         self._bus.publish(dataclasses.replace(turn, first_audio_at=first_audio_at))
+        for note in turn.fallbacks:
+            self._publish_event(turn.step, "fallback", ok=False, detail=note)
 
 
 def _grammar_label(options: RecognitionOptions) -> str | None:
@@ -531,6 +542,6 @@ def _grammar_label(options: RecognitionOptions) -> str | None:
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def _safe_name(call_id: str) -> str:
+def recording_folder(call_id: str) -> str:
     """A SIP Call-ID as a folder name: no slashes, no dot-dot, bounded length."""
     return _UNSAFE.sub("_", call_id).strip("._")[:120] or "call"

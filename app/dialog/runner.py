@@ -73,6 +73,8 @@ log = logging.getLogger(__name__)
 
 Dialogue = Generator[Action, Reply, None]
 Failure = Literal["no_input", "no_match"]
+AnswerResult = Literal["matched", "no_input", "no_match"]
+"""What an answer to a question came to; `on_answer` hears it after each attempt."""
 REDACTED = "[redacted]"
 HISTORY_LIMIT = 24
 """Messages of the call kept for `llm` steps (the system prompt comes on top)."""
@@ -100,6 +102,7 @@ class DialogRunner:
         on_variable: Callable[[str, str, str], None] | None = None,
         on_outcome: Callable[[StepOutcome], None] | None = None,
         on_step: Callable[[str], None] | None = None,
+        on_answer: Callable[[AnswerResult], None] | None = None,
     ) -> None:
         self.dialplan = dialplan
         self.variables: dict[str, str] = {**dialplan.variables, **(variables or {})}
@@ -112,6 +115,7 @@ class DialogRunner:
         self._on_variable = on_variable
         self._on_outcome = on_outcome
         self._on_step = on_step
+        self._on_answer = on_answer
         self._sensitive: set[str] = set()
         self._recordings = 0
         self._started = False
@@ -270,6 +274,10 @@ class DialogRunner:
                 self._check_agent(heard, question.step)
             if heard is not None:
                 self._remember("user", REDACTED if question.sensitive else _said(heard))
+            if self._on_answer is not None:
+                self._on_answer(
+                    "matched" if value is not None else "no_input" if heard is None else "no_match"
+                )
             if value is not None:
                 return value, failure
             failure = "no_input" if heard is None else "no_match"

@@ -51,6 +51,7 @@ class CallRecord:
             self.codec,
             self.invited_at,
             self.answered_at,
+            self.source,
         )
 
 

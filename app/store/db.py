@@ -9,8 +9,6 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from app.store.models import Base
-
 _SQLITE_DRIVERS = {"sqlite", "sqlite+pysqlite"}
 _POSTGRES_DRIVERS = {"postgresql", "postgresql+psycopg"}
 _PG_CONNECT_TIMEOUT_S = 5
@@ -47,9 +45,12 @@ def parse_url(url: str) -> URL:
     return parsed
 
 
-def create_schema(engine: Engine) -> None:
-    """Create missing tables; Alembic migrations will take over from this."""
-    Base.metadata.create_all(engine)
+def create_schema(engine: Engine, mode: str = "auto") -> None:
+    """Bring the database to the current schema by its Alembic migrations ("check": only
+    verify, raising `SchemaError` when it is behind)."""
+    from app.store.migrate import ensure_schema  # alembic is only needed when a schema is made
+
+    ensure_schema(engine, mode)
 
 
 def _sqlite_engine(url: URL) -> Engine:

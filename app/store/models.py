@@ -1,8 +1,9 @@
-"""Call-record tables: one `calls` row per call (an Asterisk-style CDR) and one `turns` row per
-exchange with its latencies.
+"""Call-record tables: one `calls` row per call (an Asterisk-style CDR), one `turns` row per
+exchange with its latencies, and `events` for what else happened on the call.
 
-Plain declarative models with named constraints, so Alembic can autogenerate migrations from
-`Base.metadata` later. Only portable types are used: the same schema on SQLite and PostgreSQL.
+Plain declarative models with named constraints; the Alembic migrations in
+`app/store/migrations` create exactly this schema (a test compares them). Only portable types
+are used: the same schema on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -64,26 +68,48 @@ class Base(DeclarativeBase):
 
 
 class Call(Base):
-    """One call. `duration_s` runs from start to end, `billsec_s` from answer to end (CDR terms)."""
+    """One call: the core columns of Asterisk's CDR, so existing CDR reports map over, plus ours.
+
+    CDR columns: `calldate` (INVITE received), `clid` (`"Name" <number>`), `src` (caller
+    number), `dst` (dialled number), `dcontext` (the dialplan, Asterisk's context), `channel`
+    (`PJSIP/<source address>`), `duration` (seconds from calldate to end), `billsec` (from answer
+    to end, 0 unanswered), `disposition` (ANSWERED, NO ANSWER, BUSY, FAILED), `uniqueid` (the
+    SIP Call-ID), `userfield` (free for the operator: set a dialplan variable `userfield`).
+    Ours: the dialplan and its `dialplan_version` (SHA-256 of the file), `codec`, `node`,
+    `outcome` (contained, transferred, abandoned, failed, rejected; see `app.store.apply`), and
+    the collected `variables` as JSON (sensitive ones redacted)."""
 
     __tablename__ = "calls"
 
     call_id: Mapped[str] = mapped_column(String, primary_key=True)  # the SIP Call-ID
+    calldate: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
+    clid: Mapped[str | None] = mapped_column(String)
+    src: Mapped[str | None] = mapped_column(String)
+    dst: Mapped[str | None] = mapped_column(String)
+    dcontext: Mapped[str | None] = mapped_column(String)
+    channel: Mapped[str | None] = mapped_column(String)
+    duration: Mapped[float | None] = mapped_column(Float)
+    billsec: Mapped[float | None] = mapped_column(Float)
+    disposition: Mapped[str | None] = mapped_column(String(16))
+    uniqueid: Mapped[str | None] = mapped_column(String)
+    userfield: Mapped[str | None] = mapped_column(String)
     from_uri: Mapped[str | None] = mapped_column(String)
     to_uri: Mapped[str | None] = mapped_column(String)
-    dialled: Mapped[str | None] = mapped_column(String)
-    dialplan: Mapped[str | None] = mapped_column(String, index=True)
-    dialplan_version: Mapped[str | None] = mapped_column(String(64))  # SHA-256 of the file
+    dialplan: Mapped[str | None] = mapped_column(String)
+    dialplan_version: Mapped[str | None] = mapped_column(String(64))
     codec: Mapped[str | None] = mapped_column(String)
     node: Mapped[str | None] = mapped_column(String)
-    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
     answered_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
-    duration_s: Mapped[float | None] = mapped_column(Float)
-    billsec_s: Mapped[float | None] = mapped_column(Float)
-    disposition: Mapped[str | None] = mapped_column(String(16))  # ANSWERED, NO ANSWER, BUSY, FAILED
+    outcome: Mapped[str | None] = mapped_column(String(16))
     hangup_cause: Mapped[str | None] = mapped_column(String)
-    hangup_by: Mapped[str | None] = mapped_column(String(16))  # caller, bot, system
+    hangup_by: Mapped[str | None] = mapped_column(String(16))  # caller, bot, system, transfer
+    variables: Mapped[dict[str, str] | None] = mapped_column(JSON)
+
+    __table_args__ = (
+        Index("ix_calls_dialplan_calldate", "dialplan", "calldate"),
+        Index("ix_calls_outcome_calldate", "outcome", "calldate"),
+    )
 
 
 class Turn(Base):
@@ -97,7 +123,8 @@ class Turn(Base):
     (what the caller feels). `barge_in`: the answer interrupted the prompt; `end_silence_ms`:
     the silence that ended it (adaptive endpointing). `engine` recognised the answer,
     `tts_engine` spoke the reply ("cache": from the prompt cache), `fallbacks` says why
-    engines of a fallback chain before them did not ("asr whisper: no final result ...")."""
+    engines of a fallback chain before them did not ("asr whisper: no final result ...").
+    `result`: what the dialogue made of the answer: matched, no_match or no_input."""
 
     __tablename__ = "turns"
 
@@ -125,35 +152,29 @@ class Turn(Base):
     end_silence_ms: Mapped[int | None] = mapped_column(Integer)
     tts_engine: Mapped[str | None] = mapped_column(String)
     fallbacks: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[str | None] = mapped_column(String(16))  # matched, no_match, no_input
+
+    __table_args__ = (Index("ix_turns_result_step", "result", "step"),)
 
 
-class CallVariable(Base):
-    """A dialplan variable's last value on a call (PINs and other sensitive answers arrive
-    redacted). One row per name: `SELECT value FROM call_variables WHERE name = 'score'`."""
+class Event(Base):
+    """Something that happened on a call besides a turn: a DTMF answer, a transfer, a webhook,
+    an LLM request, a recording, a request for an agent, an engine fallback, an error. `ok` is
+    False for failures, with the error in `detail`.
 
-    __tablename__ = "call_variables"
+    Keyed by (call_id, seq): `seq` is the recorder's sequence number, given once when the event
+    is spooled, so a replay rewrites the same row instead of adding one."""
+
+    __tablename__ = "events"
 
     call_id: Mapped[str] = mapped_column(
         String, ForeignKey("calls.call_id", ondelete="CASCADE"), primary_key=True
     )
-    name: Mapped[str] = mapped_column(String, primary_key=True)
-    value: Mapped[str | None] = mapped_column(Text)
-    step: Mapped[str | None] = mapped_column(String)
-    set_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
-
-
-class StepRecord(Base):
-    """What happened at a step that reached outside the call: a webhook, an LLM request, a
-    transfer, a recording, a request for an agent; `detail` holds the error when not `ok`."""
-
-    __tablename__ = "call_steps"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    call_id: Mapped[str] = mapped_column(
-        String, ForeignKey("calls.call_id", ondelete="CASCADE"), index=True
-    )
-    step: Mapped[str] = mapped_column(String)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     kind: Mapped[str] = mapped_column(String(16))
+    step: Mapped[str | None] = mapped_column(String)
     ok: Mapped[bool] = mapped_column(Boolean)
     detail: Mapped[str | None] = mapped_column(Text)
-    at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    __table_args__ = (Index("ix_events_kind_at", "kind", "at"),)

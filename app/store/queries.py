@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from app.store.models import Base, Call, CallVariable, StepRecord, Turn
+from app.store.models import Base, Call, Event, Turn
 
 
 def get_call(engine: Engine, call_id: str) -> dict[str, Any] | None:
@@ -26,19 +26,17 @@ def get_turns(engine: Engine, call_id: str) -> list[dict[str, Any]]:
         return [_as_dict(turn) for turn in rows]
 
 
-def get_variables(engine: Engine, call_id: str) -> dict[str, str | None]:
-    """The dialplan variables stored for `call_id`: name -> value."""
+def get_variables(engine: Engine, call_id: str) -> dict[str, str]:
+    """The dialplan variables stored for `call_id` (the `calls.variables` JSON): name -> value."""
     with Session(engine) as session:
-        rows = session.scalars(select(CallVariable).where(CallVariable.call_id == call_id))
-        return {row.name: row.value for row in rows}
+        call = session.get(Call, call_id)
+        return dict(call.variables or {}) if call is not None else {}
 
 
-def get_steps(engine: Engine, call_id: str) -> list[dict[str, Any]]:
-    """The webhook / LLM / transfer / recording outcomes of `call_id`, in order."""
+def get_events(engine: Engine, call_id: str) -> list[dict[str, Any]]:
+    """The events of `call_id` (DTMF, transfers, webhooks, fallbacks, errors ...), in order."""
     with Session(engine) as session:
-        rows = session.scalars(
-            select(StepRecord).where(StepRecord.call_id == call_id).order_by(StepRecord.id)
-        )
+        rows = session.scalars(select(Event).where(Event.call_id == call_id).order_by(Event.seq))
         return [_as_dict(row) for row in rows]
 
 
