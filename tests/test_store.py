@@ -1,7 +1,8 @@
 """Call records: the recorder against real SQLite files and the real PostgreSQL server.
 
-Outages are real: for PostgreSQL the recorder connects through a local TCP forwarder whose port
-is closed and reopened; for SQLite another connection holds the write lock.
+Outages here are real connections refused: for PostgreSQL the recorder connects through a local
+TCP forwarder whose port is closed and reopened; for SQLite another connection holds the write
+lock. (tests/test_store_drills.py stops the PostgreSQL server itself.)
 """
 
 from __future__ import annotations
@@ -21,9 +22,18 @@ import pytest
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.engine import make_url
 
-from app.call.events import CallEnded, CallEvent, CallStarted, StepEntered, TurnCompleted
+from app.call.events import (
+    CallEnded,
+    CallEvent,
+    CallStarted,
+    StepEntered,
+    StepResult,
+    TurnCompleted,
+    VariableSet,
+)
 from app.store import CallRecorder, get_call, get_turns, open_engine
-from app.store.models import Call, Turn
+from app.store.models import Call, Event, Turn
+from app.store.queries import get_events
 from tests.conftest import PG_URL
 from tests.tcp_proxy import ToggleProxy
 
@@ -130,25 +140,30 @@ def call_events(call_id: str) -> list[CallEvent]:
     """A two-turn call: answered 0.5 s after start, ended at +30 s, hung up by the bot."""
     return [
         CallStarted(call_id, "sip:alice@example.com", "sip:bot@pbx", "1000", "banking", "PCMU",
-                    T0, T0 + 0.5),
+                    T0, T0 + 0.5, "192.0.2.7:5060"),
         StepEntered(call_id, "welcome", T0 + 0.6),
         TurnCompleted(call_id, 0, "account", "Your account number?", "one two three", 0.91,
-                      "pocketsphinx", "digits", T0 + 5.0, T0 + 5.25, T0 + 5.6),
+                      "pocketsphinx", "digits", T0 + 5.0, T0 + 5.25, T0 + 5.6, result="matched"),
+        VariableSet(call_id, "account", "account", "123", T0 + 5.3),
+        VariableSet(call_id, "account", "userfield", "vip", T0 + 5.3),
+        StepResult(call_id, "lookup", "webhook", True, "", T0 + 5.5),
         StepEntered(call_id, "pin", T0 + 5.6),
         TurnCompleted(call_id, 1, "pin", "Your PIN?", "four five", 0.8,
-                      "pocketsphinx", None, T0 + 12.0, T0 + 12.1, None),
+                      "pocketsphinx", None, T0 + 12.0, T0 + 12.1, None, result="no_match"),
+        StepResult(call_id, "pin", "fallback", False, "asr whisper: RuntimeError: boom",
+                   T0 + 12.1),
         CallEnded(call_id, T0 + 30.5, "ANSWERED", "normal_clearing", "bot"),
     ]  # fmt: skip
 
 
-def _count(engine: Engine, model: type[Call] | type[Turn], call_id: str) -> int:
+def _count(engine: Engine, model: type[Call] | type[Turn] | type[Event], call_id: str) -> int:
     with engine.connect() as conn:
         return conn.scalar(select(func.count()).select_from(model).where(model.call_id == call_id))
 
 
 @contextlib.contextmanager
-def recorder(url: str, **kwargs: object) -> Iterator[CallRecorder]:
-    rec = CallRecorder(url, "node-a", **kwargs)  # type: ignore[arg-type]
+def recorder(url: str, spool: Path, **kwargs: object) -> Iterator[CallRecorder]:
+    rec = CallRecorder(url, "node-a", spool_dir=spool, **kwargs)  # type: ignore[arg-type]
     rec.start()
     try:
         yield rec
@@ -159,27 +174,38 @@ def recorder(url: str, **kwargs: object) -> Iterator[CallRecorder]:
 # -- tests -------------------------------------------------------------------------------------
 
 
-def test_full_call_writes_call_and_turns(backend: Backend) -> None:
-    with recorder(backend.url) as rec:
+def test_full_call_writes_call_and_turns(backend: Backend, tmp_path: Path) -> None:
+    with recorder(backend.url, tmp_path / "spool") as rec:
         for event in call_events("call-1@pbx"):
             rec.on_call_event(event)
         assert rec.flush(10.0)
+        assert rec.spool_depth == 0
 
     call = get_call(backend.reader, "call-1@pbx")
     assert call is not None
     assert call["from_uri"] == "sip:alice@example.com"
     assert call["to_uri"] == "sip:bot@pbx"
-    assert (call["dialled"], call["dialplan"], call["codec"]) == ("1000", "banking", "PCMU")
+    assert (call["dst"], call["dialplan"], call["codec"]) == ("1000", "banking", "PCMU")
+    assert (call["src"], call["clid"], call["dcontext"]) == ("alice", "alice", "banking")
+    assert (call["uniqueid"], call["channel"]) == ("call-1@pbx", "PJSIP/192.0.2.7:5060")
     assert call["node"] == "node-a"
-    assert call["started_at"] == datetime.fromtimestamp(T0, tz=UTC)
-    assert call["started_at"].tzinfo is not None
-    assert call["duration_s"] == pytest.approx(30.5)
-    assert call["billsec_s"] == pytest.approx(30.0)
+    assert call["calldate"] == datetime.fromtimestamp(T0, tz=UTC)
+    assert call["calldate"].tzinfo is not None
+    assert call["duration"] == pytest.approx(30.5)
+    assert call["billsec"] == pytest.approx(30.0)
     assert (call["disposition"], call["hangup_cause"], call["hangup_by"]) == (
         "ANSWERED",
         "normal_clearing",
         "bot",
     )
+    assert call["outcome"] == "contained"
+    assert call["variables"] == {"account": "123", "userfield": "vip"}
+    assert call["userfield"] == "vip"
+    events = get_events(backend.reader, "call-1@pbx")
+    assert [(e["kind"], e["ok"], e["detail"]) for e in events] == [
+        ("webhook", True, None),
+        ("fallback", False, "asr whisper: RuntimeError: boom"),
+    ]
 
     turns = get_turns(backend.reader, "call-1@pbx")
     assert [t["turn_index"] for t in turns] == [0, 1]
@@ -187,6 +213,7 @@ def test_full_call_writes_call_and_turns(backend: Backend) -> None:
     assert turns[0]["confidence"] == pytest.approx(0.91)
     assert turns[0]["asr_ms"] == pytest.approx(250.0)
     assert turns[0]["response_ms"] == pytest.approx(600.0)
+    assert (turns[0]["result"], turns[1]["result"]) == ("matched", "no_match")
     assert turns[1]["grammar"] is None
     assert turns[1]["asr_ms"] == pytest.approx(100.0)
     assert turns[1]["first_audio_at"] is None and turns[1]["response_ms"] is None
@@ -194,8 +221,8 @@ def test_full_call_writes_call_and_turns(backend: Backend) -> None:
     assert get_turns(backend.reader, "unknown") == []
 
 
-def test_unanswered_call_has_zero_billsec(backend: Backend) -> None:
-    with recorder(backend.url) as rec:
+def test_unanswered_call_has_zero_billsec(backend: Backend, tmp_path: Path) -> None:
+    with recorder(backend.url, tmp_path / "spool") as rec:
         rec.on_call_event(CallEnded("busy-1", T0 + 2.0, "BUSY", "user_busy", "system"))
         assert rec.flush(10.0)
         # A rejected INVITE: started, never answered, ended at once.
@@ -205,44 +232,53 @@ def test_unanswered_call_has_zero_billsec(backend: Backend) -> None:
     call = get_call(backend.reader, "busy-1")
     assert call is not None
     assert call["disposition"] == "BUSY"
-    assert call["billsec_s"] == 0.0
-    assert call["duration_s"] is None  # no start was ever seen
+    assert call["billsec"] == 0.0
+    assert call["duration"] is None  # no start was ever seen
     rejected = get_call(backend.reader, "rej-1")
     assert rejected is not None and rejected["answered_at"] is None
-    assert rejected["duration_s"] == pytest.approx(0.25)
-    assert rejected["billsec_s"] == 0.0
+    assert rejected["duration"] == pytest.approx(0.25)
+    assert rejected["billsec"] == 0.0
+    assert rejected["outcome"] == "rejected"
 
 
-def test_replay_does_not_duplicate(backend: Backend) -> None:
+def test_replay_does_not_duplicate(backend: Backend, tmp_path: Path) -> None:
     events = call_events("call-2@pbx")
-    with recorder(backend.url) as rec:
+    with recorder(backend.url, tmp_path / "spool") as rec:
         for event in events:
             rec.on_call_event(event)
         assert rec.flush(10.0)
-    # A second recorder (a restart replaying its backlog) sends everything again, out of order.
-    with recorder(backend.url) as rec:
-        for event in events + events[::-1]:
-            rec.on_call_event(event)
+    # The same spool replayed from its start (a checkpoint lost in a crash) changes nothing.
+    (tmp_path / "spool" / "checkpoint").unlink()
+    with recorder(backend.url, tmp_path / "spool") as rec:
+        assert rec.pending == len(events)
+        assert rec.flush(10.0)
+    # Turns and calls are keyed by content, so even events sent again (new sequence numbers)
+    # in reverse order leave one call and two turns.
+    with recorder(backend.url, tmp_path / "spool2") as rec:
+        for event in events[::-1]:
+            if not isinstance(event, StepResult):
+                rec.on_call_event(event)
         assert rec.flush(10.0)
     assert _count(backend.reader, Call, "call-2@pbx") == 1
     assert _count(backend.reader, Turn, "call-2@pbx") == 2
+    assert _count(backend.reader, Event, "call-2@pbx") == 2
     call = get_call(backend.reader, "call-2@pbx")
-    assert call is not None and call["duration_s"] == pytest.approx(30.5)
+    assert call is not None and call["duration"] == pytest.approx(30.5)
 
 
 @pytest.mark.parametrize("down_at_start", [False, True], ids=["down-mid-run", "down-at-start"])
 def test_events_during_outage_are_written_in_order(
-    backend: Backend, down_at_start: bool, caplog: pytest.LogCaptureFixture
+    backend: Backend, down_at_start: bool, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     caplog.set_level(logging.WARNING, logger=LOGGER)
     events = call_events("call-3@pbx")
-    started, turns, ended = events[0], events[1:5], events[5]
+    started, middle, ended = events[0], events[1:-1], events[-1]
     # A correction of turn 0 sent after the original: only the later one may survive.
     correction = TurnCompleted("call-3@pbx", 0, "account", "Your account number?", "one two four",
                                0.95, "pocketsphinx", "digits",
                                T0 + 5.0, T0 + 5.3, T0 + 5.6)  # fmt: skip
 
-    with recorder(backend.url, max_backoff_s=0.2) as rec:
+    with recorder(backend.url, tmp_path / "spool", max_backoff_s=0.2) as rec:
         if not down_at_start:
             rec.on_call_event(started)
             assert rec.flush(10.0)
@@ -250,11 +286,12 @@ def test_events_during_outage_are_written_in_order(
             t = time.monotonic()
             if down_at_start:
                 rec.on_call_event(started)
-            for event in [*turns, correction, ended]:
+            for event in [*middle, correction, ended]:
                 rec.on_call_event(event)
             assert time.monotonic() - t < 0.1, "on_call_event blocked during the outage"
             assert not rec.flush(0.8), "events cannot have been written while the DB is down"
             assert rec.degraded
+            assert rec.spool_depth == len(middle) + 2 + (1 if down_at_start else 0)
             if not down_at_start:  # (otherwise not even the tables exist yet)
                 assert get_turns(backend.reader, "call-3@pbx") == []
         assert rec.flush(15.0), "backlog not written after the database came back"
@@ -265,36 +302,58 @@ def test_events_during_outage_are_written_in_order(
     assert turns_rows[0]["transcript"] == "one two four"
     assert turns_rows[0]["asr_ms"] == pytest.approx(300.0)
     call = get_call(backend.reader, "call-3@pbx")
-    assert call is not None and call["billsec_s"] == pytest.approx(30.0)
-    outage_warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert call is not None and call["billsec"] == pytest.approx(30.0)
+    outage_warnings = [r for r in caplog.records if "unavailable" in r.getMessage()]
     assert len(outage_warnings) == 1, [r.getMessage() for r in caplog.records]
 
 
-def test_observer_never_blocks_and_counts_overflow(
-    backend: Backend, caplog: pytest.LogCaptureFixture
+def test_outage_spools_everything_and_never_blocks(backend: Backend, tmp_path: Path) -> None:
+    with recorder(backend.url, tmp_path / "spool", queue_size=100, max_backoff_s=0.2) as rec:
+        rec.on_call_event(CallStarted("warm", "sip:a@b", "sip:c@d", "1", "x", "PCMU", T0, T0))
+        assert rec.flush(10.0)  # schema made, database reachable
+        with backend.outage():
+            worst = 0.0
+            for i in range(1000):
+                t = time.perf_counter()
+                rec.on_call_event(CallEnded(f"call-{i}", T0 + 1, "ANSWERED", "", "caller"))
+                worst = max(worst, time.perf_counter() - t)
+                if i % 50 == 0:
+                    time.sleep(0.01)  # a burst of calls, not one tight loop
+            assert worst < 0.05, f"on_call_event took {worst * 1000:.1f} ms"
+            deadline = time.monotonic() + 5
+            while rec.spool_depth < 1000 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert rec.spool_depth == 1000  # on disk, not in memory, while the DB is down
+            assert rec.dropped == 0
+        assert rec.flush(20.0)
+    with backend.reader.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(Call)) == 1001
+
+
+def test_queue_overflow_is_counted_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The queue only fills when the spool cannot take events (a stalled disk); a recorder
+    that is not draining stands in for that."""
     caplog.set_level(logging.WARNING, logger=LOGGER)
-    with recorder(backend.url, queue_size=100, max_backoff_s=0.2) as rec, backend.outage():
-        worst = 0.0
-        for i in range(1000):
-            event = StepEntered(f"call-{i}", "welcome", T0)
-            t = time.perf_counter()
-            rec.on_call_event(event)
-            worst = max(worst, time.perf_counter() - t)
-        assert worst < 0.05, f"on_call_event took {worst * 1000:.1f} ms"
-        # The writer holds one batch while retrying; the queue holds 100 more.
-        assert 1000 - 101 - 200 <= rec.dropped <= 1000 - 100
+    rec = CallRecorder(f"sqlite:///{tmp_path}/c.db", "n", spool_dir=tmp_path / "s", queue_size=10)
+    try:
+        for i in range(25):
+            rec.on_call_event(StepEntered(f"call-{i}", "welcome", T0))
+        assert (rec.dropped, rec.pending) == (15, 10)
+    finally:
+        rec.close(timeout=0.1)
     overflow_errors = [r for r in caplog.records if "queue full" in r.getMessage()]
     assert len(overflow_errors) == 1
 
 
 def test_rejected_event_does_not_block_the_rest(
-    pg_schema: str, caplog: pytest.LogCaptureFixture
+    pg_schema: str, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     caplog.set_level(logging.ERROR, logger=LOGGER)
     url = _pg_url(PG_PORT, pg_schema)
     bad = CallEnded("call-4@pbx", T0 + 9, "X" * 200, "normal_clearing", "caller")  # > String(16)
-    with recorder(url) as rec:
+    with recorder(url, tmp_path / "spool") as rec:
         for event in [*call_events("call-5@pbx")[:1], bad, *call_events("call-6@pbx")]:
             rec.on_call_event(event)
         assert rec.flush(10.0)

@@ -1,20 +1,31 @@
 """The call-record observer: takes call events on the call's thread, writes them on its own.
 
-`on_call_event` only appends to a bounded queue, so a slow or unreachable database never
-delays a call. One writer thread drains the queue in order, in batches, one transaction per
-batch. When the database is unreachable the writer keeps the batch, retries with exponential
-backoff and logs one warning per outage; events keep queueing behind it, in order. When the queue
-is full, events go to `overflow` (by default: counted and logged as lost); a disk spool will
-plug in there.
+Three stages, so a slow or unreachable database never delays a call and a crash loses at most
+the event in flight:
+
+1. `on_call_event` (call threads) only appends to a bounded in-memory queue.
+2. The journal thread moves queued events to the spool on disk (`app.store.spool`) in
+   batches, giving each a sequence number, and fsyncs. This takes milliseconds; the queue only
+   fills if the disk itself stalls, and then events go to `overflow` (counted, logged once).
+3. The database thread replays the spool from its checkpoint, in order, one transaction per
+   batch, and advances the checkpoint. While the database is unreachable it retries with
+   exponential backoff (one warning per outage) and the spool grows; events the database
+   rejects (bad data) are isolated, logged and passed over so the rest lands.
+
+Writes are upserts keyed by call id, turn index and event sequence number (`app.store.apply`),
+so a replay after a crash, or a batch retried after a failed commit, never duplicates a row.
+A backlog left in the spool at shutdown is replayed at the next start.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
@@ -24,6 +35,8 @@ from sqlalchemy.orm import Session
 from app.call.events import CallEvent
 from app.store.apply import apply_event
 from app.store.db import create_schema, open_engine
+from app.store.migrate import SchemaError
+from app.store.spool import Position, Record, Spool
 
 log = logging.getLogger(__name__)
 
@@ -40,31 +53,43 @@ class CallRecorder:
         url: str,
         node: str,
         *,
+        spool_dir: Path,
         queue_size: int = 10_000,
         batch_size: int = 200,
         max_backoff_s: float = 5.0,
+        migrate: str = "auto",
         overflow: Callable[[CallEvent], None] | None = None,
     ) -> None:
         if queue_size < 1 or batch_size < 1 or max_backoff_s <= 0:
             raise ValueError("queue_size, batch_size and max_backoff_s must be positive")
         self.node = node
         self.engine: Engine = open_engine(url)
+        self.spool = Spool(spool_dir)
         self._url = self.engine.url.render_as_string(hide_password=True)
         self._batch_size = batch_size
         self._max_backoff_s = max_backoff_s
+        self._migrate = migrate
         self._overflow = overflow or self._drop
         self._queue: queue.Queue[CallEvent] = queue.Queue(maxsize=queue_size)
+        self._seq = itertools.count(max(time.time_ns() // 1000, self.spool.last_seq + 1))
         self._cond = threading.Condition()
+        self._backlog = self.spool.pending  # left by an earlier run: replayed first
         self._enqueued = 0  # events accepted into the queue
-        self._done = 0  # events taken off it and written (or given up on)
+        self._done = 0  # records off the spool: written, or rejected by the database
         self._dropped = 0
         self._overflowing = False
         self._schema_ready = False
         self._outage_since: float | None = None
-        self._stop = threading.Event()  # no more events; exit once the queue is empty
+        self._stop = threading.Event()  # no more events: exit once everything is written
         self._abandon = threading.Event()  # stop retrying: shutdown ran out of time
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._closed = False
+        if self._backlog:
+            log.warning(
+                "call-record spool %s holds %d record(s) from an earlier run; replaying them",
+                spool_dir,
+                self._backlog,
+            )
 
     # -- the call side: never blocks ---------------------------------------------------------
 
@@ -87,44 +112,59 @@ class CallRecorder:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the writer thread; the database may still be down, the writer waits for it."""
-        if self._thread is not None:
+        """Start the journal and database threads; the database may still be down."""
+        if self._threads:
             raise RuntimeError("call recorder already started")
-        self._thread = threading.Thread(target=self._run, name="call-recorder", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._journal, name="call-record-spool", daemon=True),
+            threading.Thread(target=self._replay, name="call-record-db", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def flush(self, timeout: float) -> bool:
-        """Wait until every event queued before this call is written (or rejected by the database
+        """Wait until every event queued before this call is in the database (or rejected by it
         and logged); False on timeout."""
         with self._cond:
-            target = self._enqueued
+            target = self._backlog + self._enqueued
             return self._cond.wait_for(lambda: self._done >= target, timeout)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Write what is queued (up to `timeout`), then stop the writer and release connections."""
+        """Write what is queued (up to `timeout`), then stop. What the database has not taken
+        by then stays in the spool, on disk, for the next start."""
         if self._closed:
             return
         self._closed = True
         deadline = time.monotonic() + timeout
-        flushed = self._thread is not None and self.flush(timeout)
+        flushed = bool(self._threads) and self.flush(timeout)
         self._stop.set()
         if not flushed:
             self._abandon.set()
-            if self.pending:
-                log.error(
-                    "call recorder closing with %d event(s) not written to %s",
-                    self.pending,
-                    self._url,
-                )
-        if self._thread is not None:
-            self._thread.join(max(0.5, deadline - time.monotonic()))
+        for thread in self._threads:
+            thread.join(max(0.5, deadline - time.monotonic()))
+        if self.spool.pending:
+            log.warning(
+                "call recorder closing with %d record(s) not yet in %s: kept in the spool %s "
+                "and written at the next start",
+                self.spool.pending,
+                self._url,
+                self.spool.directory,
+            )
+        if self._queue.qsize():
+            log.error("call recorder closing with %d event(s) not spooled", self._queue.qsize())
+        self.spool.close()
         self.engine.dispose()
 
     @property
     def pending(self) -> int:
-        """Events queued or being written, not yet in the database."""
+        """Events queued or spooled, not yet in the database."""
         with self._cond:
-            return self._enqueued - self._done
+            return self._backlog + self._enqueued - self._done
+
+    @property
+    def spool_depth(self) -> int:
+        """Records on disk waiting for the database."""
+        return self.spool.pending
 
     @property
     def dropped(self) -> int:
@@ -133,29 +173,38 @@ class CallRecorder:
 
     @property
     def degraded(self) -> bool:
-        """True while the database is unreachable."""
+        """True while the database is unreachable (records are kept in the spool)."""
         return self._outage_since is not None
 
-    # -- the writer thread -------------------------------------------------------------------
+    # -- journal thread: queue -> spool --------------------------------------------------------
 
-    def _run(self) -> None:
+    def _journal(self) -> None:
+        delay = 0.1
+        batch: list[tuple[int, CallEvent]] = []
         while True:
-            batch = self._take_batch()
             if not batch:
-                if self._stop.is_set():
+                batch = [(next(self._seq), event) for event in self._take_batch()]
+                if not batch:
+                    if self._stop.is_set():
+                        return
+                    continue
+            try:
+                self.spool.append(batch)
+            except OSError as exc:  # disk full or failing: keep the batch, the queue fills
+                log.error("call-record spool %s: cannot write: %s", self.spool.directory, exc)
+                if self._abandon.wait(delay):
                     return
+                delay = min(delay * 2, self._max_backoff_s)
                 continue
-            self._write(batch)
+            delay = 0.1
+            batch = []
             with self._cond:
-                self._done += len(batch)
                 self._cond.notify_all()
                 overflow_over = self._overflowing and self._queue.qsize() < self._queue.maxsize // 2
                 if overflow_over:
                     self._overflowing = False
             if overflow_over:
                 log.warning("call-record queue drained; %d event(s) lost so far", self._dropped)
-            if self._abandon.is_set():
-                return
 
     def _take_batch(self) -> list[CallEvent]:
         try:
@@ -169,57 +218,81 @@ class CallRecorder:
                 break
         return batch
 
-    def _write(self, batch: list[CallEvent]) -> None:
-        """Write `batch` in order, retrying while the database is unreachable."""
+    # -- database thread: spool -> database ----------------------------------------------------
+
+    def _replay(self) -> None:
         delay = 0.1
-        while True:
+        while not self._abandon.is_set():
+            records, end, skipped = self.spool.read(self._batch_size)
+            if not records and not skipped:
+                if self._stop.is_set() and self._queue.empty() and self.spool.pending == 0:
+                    return
+                with self._cond:
+                    self._cond.wait(_POLL_S)
+                continue
             try:
                 self._ensure_schema()
-                self._commit(batch)
-            except SQLAlchemyError as exc:
-                if not _transient(exc):
-                    self._write_one_by_one(batch)
-                    self._recovered()
-                    return
-                self._outage(exc)
-                if self._abandon.wait(delay):
-                    return
-                delay = min(delay * 2, self._max_backoff_s)
-                continue
-            self._recovered()
-            return
-
-    def _write_one_by_one(self, batch: list[CallEvent]) -> None:
-        """Isolate an event the database rejects (bad data), so the rest of the batch lands."""
-        for event in batch:
-            try:
-                self._commit([event])
-            except SQLAlchemyError as exc:
-                if _transient(exc):  # went down meanwhile: back to the retrying path
-                    self._write([event])
+                self._commit(records)
+            except (SQLAlchemyError, SchemaError) as exc:
+                # Bad data is isolated record by record; anything else (down, busy, a schema
+                # that cannot be made or checked yet) keeps every record and retries.
+                if self._schema_ready and isinstance(exc, SQLAlchemyError) and not _transient(exc):
+                    self._write_one_by_one(records)
                 else:
+                    self._outage(exc)
+                    if self._abandon.wait(delay):
+                        return
+                    delay = min(delay * 2, self._max_backoff_s)
+                    continue
+            self._recovered()
+            delay = 0.1
+            self._advance(end, len(records) + skipped)
+
+    def _advance(self, end: Position, count: int) -> None:
+        self.spool.commit(end, count)
+        with self._cond:
+            self._done += count
+            self._cond.notify_all()
+
+    def _write_one_by_one(self, records: list[Record]) -> None:
+        """Isolate a record the database rejects (bad data), so the rest of the batch lands;
+        when the database goes away meanwhile, retry the rest until it is back."""
+        for record in records:
+            delay = 0.1
+            while True:
+                try:
+                    self._commit([record])
+                except SQLAlchemyError as exc:
+                    if _transient(exc):
+                        self._outage(exc)
+                        if self._abandon.wait(delay):
+                            return
+                        delay = min(delay * 2, self._max_backoff_s)
+                        continue
                     log.error(
                         "call record %s for %s rejected by the database, not retried: %s",
-                        _kind(event),
-                        _id(event),
-                        exc,
+                        _kind(record.event),
+                        _id(record.event),
+                        _short(exc),
                     )
+                break
 
-    def _commit(self, events: list[CallEvent]) -> None:
+    def _commit(self, records: list[Record]) -> None:
         with Session(self.engine) as session, session.begin():
-            for event in events:
-                apply_event(session, event, self.node)
+            for record in records:
+                apply_event(session, record.event, self.node, record.seq)
 
     def _ensure_schema(self) -> None:
         if not self._schema_ready:
-            create_schema(self.engine)
+            create_schema(self.engine, self._migrate)
             self._schema_ready = True
 
-    def _outage(self, exc: SQLAlchemyError) -> None:
+    def _outage(self, exc: Exception) -> None:
         if self._outage_since is None:
             self._outage_since = time.monotonic()
             log.warning(
-                "call-record database %s unreachable, keeping events queued and retrying: %s",
+                "call-record database %s unavailable, keeping records in the spool and "
+                "retrying: %s",
                 self._url,
                 _short(exc),
             )
@@ -227,9 +300,11 @@ class CallRecorder:
     def _recovered(self) -> None:
         if self._outage_since is not None:
             log.warning(
-                "call-record database %s reachable again after %.1f s",
+                "call-record database %s reachable again after %.1f s; replaying %d spooled "
+                "record(s)",
                 self._url,
                 time.monotonic() - self._outage_since,
+                self.spool.pending,
             )
             self._outage_since = None
 
@@ -257,7 +332,9 @@ def _transient(exc: SQLAlchemyError) -> bool:
 
 
 def _short(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    """The first line of the driver's own message (SQLAlchemy's wrapper adds paragraphs)."""
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _kind(event: CallEvent) -> str:
