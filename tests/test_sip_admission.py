@@ -9,6 +9,7 @@ import pytest
 from app.sip.admission import Admission
 from app.sip.routes import RouteTable
 from app.sip.sdp import offered_audio_codecs, parse_request
+from app.state import MemoryState
 
 SDP_PCMU_PCMA = (
     "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
@@ -95,3 +96,78 @@ def test_full_server_is_503_with_retry_after(routes: RouteTable) -> None:
 def test_wrong_number_is_404_even_when_busy(routes: RouteTable) -> None:
     decision = admission(routes, active=5).decide(parse_request(invite("sip:9@h")))
     assert decision.status == 404
+
+
+class Slots:
+    """A cluster-wide cap stand-in that records which Call-IDs asked for a slot."""
+
+    def __init__(self, free: bool) -> None:
+        self.free = free
+        self.asked: list[str] = []
+
+    def reserve(self, call_id: str) -> bool:
+        self.asked.append(call_id)
+        return self.free
+
+
+def clustered(routes: RouteTable, slots: Slots, active: int = 0) -> Admission:
+    return Admission(routes, ["PCMU", "PCMA"], 2, lambda: active, reserve=slots.reserve)
+
+
+def test_cluster_slot_is_taken_with_the_call_id(routes: RouteTable) -> None:
+    slots = Slots(free=True)
+    decision = clustered(routes, slots).decide(parse_request(invite()))
+    assert (decision.status, decision.dialplan) == (200, "demo")
+    assert slots.asked == ["abc"]
+
+
+def test_full_cluster_is_503_with_retry_after(routes: RouteTable) -> None:
+    slots = Slots(free=False)
+    decision = clustered(routes, slots).decide(parse_request(invite()))
+    assert (decision.status, decision.reason) == (503, "Service Unavailable")
+    assert ("Retry-After", "30") in decision.headers
+    assert decision.dialled == "1000"
+    assert slots.asked == ["abc"]
+
+
+@pytest.mark.parametrize(
+    ("uri", "sdp", "active", "status"),
+    [
+        ("sip:9999@127.0.0.1", SDP_PCMU_PCMA, 0, 404),
+        ("sip:1000@127.0.0.1", SDP_G722, 0, 488),
+        ("sip:1000@127.0.0.1", SDP_PCMU_PCMA, 2, 503),  # this node is full
+    ],
+)
+def test_rejected_invite_takes_no_cluster_slot(
+    routes: RouteTable, uri: str, sdp: str, active: int, status: int
+) -> None:
+    slots = Slots(free=True)
+    decision = clustered(routes, slots, active).decide(parse_request(invite(uri, sdp)))
+    assert decision.status == status
+    assert slots.asked == []
+
+
+def test_non_invite_takes_no_cluster_slot(routes: RouteTable) -> None:
+    slots = Slots(free=True)
+    options = invite().replace("INVITE sip:", "OPTIONS sip:", 1)
+    assert clustered(routes, slots).decide(parse_request(options)).status == 405
+    assert slots.asked == []
+
+
+def test_invite_without_call_id_takes_no_cluster_slot(routes: RouteTable) -> None:
+    slots = Slots(free=True)
+    raw = invite().replace("Call-ID: abc\r\n", "")
+    assert clustered(routes, slots).decide(parse_request(raw)).status == 400
+    assert slots.asked == []
+
+
+def test_cluster_slot_with_a_real_live_state(routes: RouteTable) -> None:
+    state = MemoryState("node-a")
+    admission = Admission(
+        routes, ["PCMU"], 10, lambda: 0, reserve=lambda call_id: state.reserve(call_id, 1)
+    )
+    assert admission.decide(parse_request(invite())).status == 200
+    other = invite().replace("Call-ID: abc", "Call-ID: def")
+    assert admission.decide(parse_request(other)).status == 503
+    state.release("abc")  # the first INVITE was never answered
+    assert admission.decide(parse_request(other)).status == 200

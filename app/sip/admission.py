@@ -1,7 +1,9 @@
 """Admission control for an inbound INVITE: route it, check its codecs, check capacity.
 
 Pure Python, so every rejection path is unit-tested without a SIP stack. The order matters to
-callers: a wrong number is a 404 even when the server is busy, a codec mismatch a 488.
+callers: a wrong number is a 404 even when the server is busy, a codec mismatch a 488. The
+cluster-wide cap is asked last, and only for an INVITE that would otherwise be answered: it
+takes a slot (`LiveState.reserve`), which a rejected INVITE must not hold.
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ class Decision:
 
 
 class Admission:
-    """Decides on INVITEs. `active_calls` is asked at decision time (the capacity check)."""
+    """Decides on INVITEs. `active_calls` is asked at decision time (this node's capacity);
+    `reserve`, when given, is then asked with the INVITE's Call-ID to take a slot of the
+    cluster-wide cap (False: the cluster is full). A slot taken for an INVITE that is then not
+    answered is given back by the call's `CallEnded` (or `LiveState.release`)."""
 
     def __init__(
         self,
@@ -38,12 +43,14 @@ class Admission:
         max_calls: int,
         active_calls: Callable[[], int],
         retry_after_s: int = 30,
+        reserve: Callable[[str], bool] | None = None,
     ) -> None:
         self._routes = routes
         self._codecs = {codec.upper() for codec in codecs}
         self._max_calls = max_calls
         self._active_calls = active_calls
         self._retry_after_s = retry_after_s
+        self._reserve = reserve
 
     def decide(self, request: SipRequest) -> Decision:
         if request.method != "INVITE":
@@ -59,6 +66,15 @@ class Admission:
         if offered is not None and not self._codecs.intersection(offered):
             return Decision(488, "Not Acceptable Here", dialled)
         if self._active_calls() >= self._max_calls:
-            retry = (("Retry-After", str(self._retry_after_s)),)
-            return Decision(503, "Service Unavailable", dialled, headers=retry)
+            return self._busy(dialled)
+        if self._reserve is not None:
+            call_id = request.headers.get("call-id", "")
+            if not call_id:  # RFC 3261 requires it; a slot must be keyed by the call it is for
+                return Decision(400, "Bad Request", dialled)
+            if not self._reserve(call_id):
+                return self._busy(dialled)
         return Decision(200, "OK", dialled, dialplan)
+
+    def _busy(self, dialled: str) -> Decision:
+        retry = (("Retry-After", str(self._retry_after_s)),)
+        return Decision(503, "Service Unavailable", dialled, headers=retry)

@@ -1,13 +1,18 @@
 """The live-state interface: in-process by default, Redis for several nodes.
 
-Live state is an observer of call events (`app.call.events`) plus one question asked at INVITE
-time: how many calls are active now, to enforce the concurrent-call limit.
+Live state is an observer of call events (`app.call.events`) plus two questions asked at INVITE
+time: how many calls are active now, and may this call take one of the cluster's slots
+(`reserve`). A slot taken by `reserve` is a *reservation*: it counts like a call for a short
+while (the call is being answered), `call_started` upgrades it to an active call, and
+`call_ended` or `release` gives it back; one that is never upgraded nor given back (the node
+died mid-INVITE) lapses on its own.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TypedDict
 
 from app.call.events import CallEnded, CallEvent, CallStarted, StepEntered
 
@@ -23,8 +28,19 @@ class ActiveCall:
     to_uri: str
 
 
+class StateStatus(TypedDict):
+    """What a health report shows of the live state."""
+
+    backend: str
+    degraded: bool
+    published: int
+    dropped: int
+
+
 class LiveState(ABC):
     """Registry of active calls. Methods are thread-safe and never raise on a backend outage."""
+
+    backend = "abstract"
 
     def on_call_event(self, event: CallEvent) -> None:
         if isinstance(event, CallStarted):
@@ -36,19 +52,46 @@ class LiveState(ABC):
             self.call_ended(event.call_id)
 
     @abstractmethod
-    def call_started(self, event: CallStarted) -> None: ...
+    def call_started(self, event: CallStarted) -> None:
+        """The call was answered: it counts until it ends (its reservation, if any, becomes it)."""
 
     @abstractmethod
     def step_entered(self, call_id: str, step: str) -> None: ...
 
     @abstractmethod
-    def call_ended(self, call_id: str) -> None: ...
+    def call_ended(self, call_id: str) -> None:
+        """The call is over: forget it, answered or only reserved."""
 
     @abstractmethod
-    def active_calls(self) -> list[ActiveCall]: ...
+    def reserve(self, call_id: str, limit: int) -> bool:
+        """Take a slot for a call about to be answered if fewer than `limit` calls (answered or
+        reserved) are active; True when taken or already held. `limit <= 0`: no cap, always
+        True. The check and the taking are one atomic step, so racing INVITEs never exceed it."""
 
     @abstractmethod
-    def active_count(self) -> int: ...
+    def release(self, call_id: str) -> None:
+        """Give back the reservation of a call that will not be answered. Leaves an answered
+        call alone, so callers may release on any path that drops an INVITE."""
+
+    @abstractmethod
+    def active_calls(self) -> list[ActiveCall]:
+        """Answered calls (reservations are not calls yet: they have no details to show)."""
+
+    @abstractmethod
+    def active_count(self) -> int:
+        """Answered calls plus live reservations: what the concurrent-call cap counts."""
+
+    @property
+    def degraded(self) -> bool:
+        """True while a shared backend is unreachable and answers cover this node only."""
+        return False
+
+    def status(self) -> StateStatus:
+        """Backend, outage flag and event-publication counters, for health reporting."""
+        return {"backend": self.backend, "degraded": self.degraded, "published": 0, "dropped": 0}
+
+    def start(self) -> None:  # noqa: B027 - backends without background work have nothing to start
+        """Start background work (the Redis heartbeat and event publisher)."""
 
     def close(self) -> None:  # noqa: B027 - backends without connections have nothing to close
-        """Release connections."""
+        """Stop background work and release connections."""
