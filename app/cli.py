@@ -15,6 +15,8 @@ from pathlib import Path
 from app import __version__
 from app.config import Config, ConfigError, dump_config, load_config
 from app.models.commands import add_models_parser
+from app.report.commands import add_report_parser
+from app.store.commands import add_db_parser
 
 EXIT_OK, EXIT_INVALID, EXIT_CONFIG = 0, 1, 2
 
@@ -76,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(command=_check_config)
 
     add_models_parser(commands, _add_config_option)
+    add_report_parser(commands, _add_config_option)
+    add_db_parser(commands, _add_config_option)
     return parser
 
 

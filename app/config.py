@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import re
 import socket
 import tomllib
 import typing
@@ -313,20 +314,64 @@ class DialplansConfig:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
+    """Call records. `migrate`: "auto" brings the schema up to date at start; "check" refuses
+    to start on an out-of-date schema (run `switchboard db upgrade`). `retention_days`: what
+    `switchboard db prune` deletes (calls, turns, events, recordings older than this); 0 keeps
+    everything. Records wait in `<server.data_dir>/spool` while the database is unreachable."""
+
     url: str = field(
         default="sqlite:///var/switchboard.db",
         metadata=_check(
             _url(("sqlite", "postgresql+psycopg"), "use sqlite:/// or postgresql+psycopg://")
         ),
     )
+    migrate: str = field(default="auto", metadata=_check(_one_of(("auto", "check"))))
+    retention_days: int = field(default=0, metadata=_check(_between(0, 36500)))
+
+
+def _redaction_rules(value: tuple[str, ...]) -> tuple[str, ...]:
+    from app.store.redaction import BUILTIN_RULES  # the rules live with the code that applies them
+
+    for name in value:
+        if name not in BUILTIN_RULES:
+            raise ValueError(f"unknown rule {name!r} (known: {', '.join(sorted(BUILTIN_RULES))})")
+    return value
+
+
+def _regexes(value: tuple[str, ...]) -> tuple[str, ...]:
+    for pattern in value:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacyConfig:
+    """PII redaction applied to transcripts, prompts, variables and event details before any
+    record is written (spool included). `redact`: built-in rules; `patterns`: extra regular
+    expressions whose matches are replaced."""
+
+    redact: tuple[str, ...] = field(
+        default=("card", "iban", "national_id"), metadata=_check(_redaction_rules)
+    )
+    patterns: tuple[str, ...] = field(default=(), metadata=_check(_regexes))
 
 
 @dataclass(frozen=True, slots=True)
 class StateConfig:
+    """Live call state. With Redis: entries of a node that died expire after `ttl_s`;
+    `max_calls` caps concurrent calls across all nodes (0: no cluster cap, only each node's
+    `sip.max_calls`); call events are published on `channel` for dashboards."""
+
     url: str = field(
         default="memory://",
         metadata=_check(_url(("memory", "redis", "rediss"), "use memory:// or redis://")),
     )
+    ttl_s: int = field(default=30, metadata=_check(_between(3, 3600)))
+    max_calls: int = field(default=0, metadata=_check(_between(0, 1_000_000)))
+    channel: str = field(default="switchboard:events", metadata=_check(_non_empty))
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,6 +386,7 @@ class Config:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     dialplans: DialplansConfig = field(default_factory=DialplansConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     state: StateConfig = field(default_factory=StateConfig)
     source: Path | None = None
 

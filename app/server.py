@@ -7,14 +7,18 @@ call gets a light `CallSession`. Records and live state are observers of call ev
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.asr.base import AsrEngine, AsrError
 from app.asr.fallback import FallbackAsrEngine
@@ -34,7 +38,10 @@ from app.sip.admission import Admission
 from app.sip.routes import RoutesError, RouteTable
 from app.state import open_state
 from app.state.base import LiveState
+from app.store.migrate import SchemaError, ensure_schema
 from app.store.recorder import CallRecorder
+from app.store.redaction import Redactor
+from app.store.spool import SpoolError
 from app.tts.base import TtsEngine, TtsError
 from app.tts.cache import PromptCache
 from app.tts.fallback import FallbackTtsEngine
@@ -280,13 +287,35 @@ class Server:
         agent = SipAgent(
             sip,
             admission_factory=lambda active: Admission(
-                _CurrentRoutes(self), sip.codecs, sip.max_calls, active
+                _CurrentRoutes(self),
+                sip.codecs,
+                sip.max_calls,
+                active,
+                reserve=self._reserve if self.config.state.max_calls else None,
             ),
             session_factory=new_session,
             bus=self.bus,
         )
         agent.start()
         self.agent = agent
+
+    def _reserve(self, call_id: str) -> bool:
+        """A slot under the cluster-wide cap (`[state] max_calls`), taken at INVITE time."""
+        return self.state.reserve(call_id, self.config.state.max_calls)
+
+    def health(self) -> dict[str, object]:
+        """What a health check reports: degraded while records are spooled or live state is
+        local only (calls go on either way)."""
+        state = self.state.status()
+        return {
+            "degraded": self.recorder.degraded or bool(state["degraded"]),
+            "store": {
+                "degraded": self.recorder.degraded,
+                "spool_depth": self.recorder.spool_depth,
+                "dropped": self.recorder.dropped,
+            },
+            "state": dict(state),
+        }
 
     def close(self, drain_timeout: float = 10.0) -> None:
         if self.agent is not None:
@@ -340,6 +369,43 @@ def check_voices(dialplans: dict[str, Dialplan], tts: TtsEngine) -> None:
         raise StartupError("\n  ".join(unknown))
 
 
+def spool_dir(config: Config) -> Path:
+    """Where call records wait while the database is unreachable (and across a restart)."""
+    return config.server.data_dir / "spool"
+
+
+def open_recorder(config: Config) -> CallRecorder:
+    """The started call recorder. The schema is migrated (or checked, `[store] migrate`) now
+    when the database answers; when it does not, the server starts anyway and records are
+    spooled until it does: a database outage must not keep calls from being answered."""
+    try:
+        recorder = CallRecorder(
+            config.store.url,
+            node=config.server.node,
+            spool_dir=spool_dir(config),
+            migrate=config.store.migrate,
+        )
+    except SpoolError as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        found = ensure_schema(recorder.engine, config.store.migrate)
+    except SchemaError as exc:
+        recorder.close(0)
+        raise StartupError(str(exc)) from None
+    except SQLAlchemyError as exc:
+        log.warning(
+            "call-record database %s unreachable at start, spooling records in %s until it "
+            "answers: %s",
+            redact_url(config.store.url),
+            spool_dir(config),
+            str(exc).splitlines()[0],
+        )
+    else:
+        log.info("call-record schema at revision %s", found.current)
+    recorder.start()
+    return recorder
+
+
 def build_server(config: Config) -> Server:
     """Load everything a call needs; raise `StartupError` naming what is wrong."""
     dialplans, routes = load_plans_and_routes(config)
@@ -347,10 +413,16 @@ def build_server(config: Config) -> Server:
     asr = create_asr(config)
     tts = create_tts(config)
     check_voices(dialplans, tts)
-    recorder = CallRecorder(config.store.url, node=config.server.node)
-    recorder.start()
-    state = open_state(config.state.url, node=config.server.node)
-    bus = EventBus([recorder, state])
+    recorder = open_recorder(config)
+    state = open_state(
+        config.state.url,
+        node=config.server.node,
+        ttl_s=config.state.ttl_s,
+        channel=config.state.channel,
+    )
+    state.start()
+    redactor = Redactor.from_config(config.privacy)
+    bus = EventBus([recorder, state], transform=redactor.redact_event)
     cache_mb = config.tts.prompt_cache_mb
     prompt_cache = PromptCache(cache_mb * 1024 * 1024) if cache_mb else None
     return Server(
@@ -392,15 +464,51 @@ def serve(config: Config) -> int:
         redact_url(config.store.url),
         redact_url(config.state.url),
     )
+    health = HealthFile(health_file_path(config))
     while not stop.wait(0.2):
         if reload.is_set():
             reload.clear()
             log.info("SIGHUP: reloading dialplans from %s", config.dialplans.dir)
             server.reload_dialplans()
+        health.update(server.health())
     server.close()
     _remove(pid_file)
+    _remove(health.path)
     log.info("stopped")
     return EXIT_OK
+
+
+def health_file_path(config: Config) -> Path:
+    """Where a running server keeps its health (`Server.health()`) for monitoring scripts."""
+    return config.server.data_dir / "health.json"
+
+
+class HealthFile:
+    """Writes the server's health to a file every `interval_s` and logs each change of the
+    degraded flag once (calls keep working while degraded: records spool, state is local)."""
+
+    def __init__(self, path: Path, interval_s: float = 2.0) -> None:
+        self.path = path
+        self._interval_s = interval_s
+        self._next = 0.0
+        self._degraded = False
+
+    def update(self, health: dict[str, object]) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self._interval_s
+        degraded = bool(health["degraded"])
+        if degraded != self._degraded:
+            self._degraded = degraded
+            if degraded:
+                log.warning("switchboard degraded (calls continue): %s", json.dumps(health))
+            else:
+                log.warning("switchboard healthy again")
+        tmp = self.path.with_suffix(".tmp")
+        with contextlib.suppress(OSError):
+            tmp.write_text(json.dumps({**health, "at": time.time()}))
+            tmp.replace(self.path)
 
 
 def pid_file_path(config: Config) -> Path:
