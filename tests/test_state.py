@@ -6,7 +6,6 @@ import json
 import logging
 import shutil
 import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -16,13 +15,12 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from app.call.events import CallEnded, CallEvent, CallStarted, StepEntered, TurnCompleted
 from app.state import LiveState, MemoryState, open_state
 from app.state.redis import RedisState
 from tests.conftest import REDIS_URL
+from tests.services import RedisServer
 from tests.tcp_proxy import ToggleProxy
 
 _REDIS = urlsplit(REDIS_URL)  # from scripts/test-services, via the environment
@@ -419,55 +417,6 @@ def test_a_restarted_node_deletes_its_previous_runs_calls(prefix: str) -> None:
         assert observer.active_count() == 0
     finally:
         observer.close()
-
-
-REDIS_SERVER_OPTIONS = ("--bind", "127.0.0.1", "-::1", "--save", "", "--appendonly", "no")
-
-
-def _answers_ping() -> bool:
-    # No client-side retries (redis-py's default backs off for seconds): one try, one answer.
-    client = redis.Redis(
-        host=REDIS_HOST, port=REDIS_PORT, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
-    )
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
-
-
-class RedisServer:
-    """The test Redis itself, stopped and started as an operator would (no persistence)."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-
-    def stop(self) -> None:
-        subprocess.run(
-            ["redis-cli", "-h", REDIS_HOST, "-p", str(REDIS_PORT), "shutdown", "nosave"],
-            capture_output=True,
-            timeout=10,
-        )
-        wait_for(lambda: not _answers_ping(), 10, "Redis to stop")
-
-    def start(self) -> None:
-        """Start it like scripts/test-services does, unless it answers; wait for PING."""
-        if _answers_ping():
-            return
-        log = self.workdir / "redis.log"
-        subprocess.run(
-            ["redis-server", "--daemonize", "yes", "--port", str(REDIS_PORT),
-             *REDIS_SERVER_OPTIONS, "--dir", str(self.workdir), "--logfile", str(log)],
-            check=True,
-            timeout=10,
-        )  # fmt: skip
-        deadline = time.monotonic() + 15
-        while not _answers_ping():
-            if time.monotonic() > deadline:
-                tail = log.read_text()[-2000:] if log.exists() else "(no log)"
-                raise RuntimeError(f"Redis did not come back on port {REDIS_PORT}:\n{tail}")
-            time.sleep(0.05)
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
-"""Outage drills with real calls: PostgreSQL stopped while a SIP peer's calls are running, and
-the server killed with SIGKILL in the middle of a call. Every record must reach the database
-once it is back, none twice; a crash loses at most the turn in flight.
+"""Outage drills with real calls: PostgreSQL stopped while a SIP peer's calls are running, the
+server killed with SIGKILL in the middle of a call, Redis stopped during calls. Every record
+must reach the database once it is back, none twice; a crash loses at most the turn in flight;
+calls go on without Redis and the cluster view converges when it returns.
 
-These stop the PostgreSQL server the whole suite uses (`tests/services.py` always restarts it).
+These stop the servers the whole suite uses (`tests/services.py` always restarts them).
 """
 
 from __future__ import annotations
@@ -11,19 +12,22 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.state.redis import RedisState
 from app.store.db import open_engine
 from app.store.models import Call, Event, Turn
 from app.store.queries import get_call, get_turns
+from tests.conftest import REDIS_URL
 from tests.pg_schema import PG_HOST, PG_PORT, pg_url, postgres_problem, private_schema
 from tests.server_process import ServerProcess
-from tests.services import can_stop_postgres, postgres_stopped
+from tests.services import RedisServer, can_stop_postgres, postgres_stopped
 from tests.sip import sipp
 from tests.sip.ports import HOST
 from tests.sip.rtp_pcap import build_digit_utterance, silence, write_rtp_pcap
@@ -192,3 +196,64 @@ def test_sigkill_mid_call_then_restart_replays_the_spool(
 
 def _spooled(spool: Path, needle: bytes) -> bool:
     return any(needle in path.read_bytes() for path in spool.glob("*.log"))
+
+
+@pytest.mark.redis
+def test_redis_stopped_during_real_calls_calls_go_on_and_state_converges(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """Redis goes away while one call runs and another starts: both calls complete; the server
+    says it is degraded; when Redis is back (empty: no persistence) the node writes its live
+    calls again, and once they end none is left behind."""
+    node = f"drill-{uuid.uuid4().hex[:8]}"
+    server = ServerProcess.start(
+        {"SWITCHBOARD_STATE__URL": REDIS_URL, "SWITCHBOARD_STATE__TTL_S": "3",
+         "SWITCHBOARD_STATE__MAX_CALLS": "4", "SWITCHBOARD_SERVER__NODE": node},
+        tmp_path / "server",
+    )  # fmt: skip
+    redis_server = RedisServer(tmp_path)
+    observer = RedisState(REDIS_URL, "observer")
+    results: list[sipp.SippResult] = []
+
+    def call(digits: str) -> None:
+        workdir = tmp_path / digits
+        workdir.mkdir()
+        results.append(
+            sipp.speech_call(
+                HOST, server.port, _pcap(shared_data, digits, workdir),
+                wait_s=50, bye_from="server", workdir=workdir,
+            )
+        )  # fmt: skip
+
+    def ours() -> set[str]:
+        return {c.call_id for c in observer.active_calls() if c.node == node}
+
+    try:
+        first = threading.Thread(target=call, args=("8145",))
+        first.start()
+        _wait(lambda: len(ours()) == 1, 15, "the first call in Redis")
+        redis_server.stop()
+        second = threading.Thread(target=call, args=("3840",))
+        second.start()
+        _wait(lambda: len(_accepted_calls(server.log)) == 2, 15, "the second call answered")
+        _wait(lambda: "switchboard degraded" in server.log, 10, "the server to say degraded")
+        redis_server.start()
+        accepted = set(_accepted_calls(server.log))
+        _wait(lambda: ours() == accepted, 10, "the node to write its live calls back")
+        first.join(60)
+        second.join(60)
+        assert len(results) == 2 and all(r.ok for r in results), [r.describe() for r in results]
+        _wait(lambda: ours() == set(), 10, "ended calls to leave the cluster view")
+        _wait(lambda: "switchboard healthy again" in server.log, 10, "the server to recover")
+    finally:
+        redis_server.start()
+        observer.close()
+        assert server.stop() == 0, server.log[-3000:]
+    assert "Traceback" not in server.log, server.log[-5000:]
+
+
+def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)

@@ -9,8 +9,8 @@ Timestamps are UNIX epoch seconds (`time.time()`).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 log = logging.getLogger(__name__)
