@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported when a report runs: `switchboard --help` stays quick
     from sqlalchemy import Engine
-    from sqlalchemy.exc import SQLAlchemyError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 FORMATS = ("table", "csv", "json")
@@ -108,6 +107,7 @@ def _report(name: str, args: argparse.Namespace) -> int:
 
     from app.report.queries import Filters, full_report
     from app.report.render import SECTIONS, write
+    from app.store.db import error_reason
 
     if args.start is not None and args.end is not None and args.start >= args.end:
         return _fail("--from must be before --to", EXIT_USAGE)
@@ -124,7 +124,9 @@ def _report(name: str, args: argparse.Namespace) -> int:
     except ReportError as exc:
         return _fail(str(exc), EXIT_FAILED)
     except SQLAlchemyError as exc:
-        return _fail(f"cannot read call records from {_shown(url)}: {_reason(exc)}", EXIT_FAILED)
+        return _fail(
+            f"cannot read call records from {_shown(url)}: {error_reason(exc)}", EXIT_FAILED
+        )
     try:
         write(name, section, filters, args.format, sys.stdout)
         sys.stdout.flush()
@@ -178,15 +180,6 @@ def _shown(url: str) -> str:
     from app.store.db import parse_url
 
     return parse_url(url).render_as_string(hide_password=True)
-
-
-def _reason(exc: SQLAlchemyError) -> str:
-    """The driver's own message on one line (psycopg spreads hints over several)."""
-    from sqlalchemy.exc import DBAPIError
-
-    origin = exc.orig if isinstance(exc, DBAPIError) else exc
-    text = " ".join(line.strip() for line in str(origin).splitlines() if line.strip())
-    return text or type(origin).__name__
 
 
 def _fail(message: str, code: int) -> int:

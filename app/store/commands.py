@@ -115,7 +115,7 @@ def _guarded(command: Callable[[argparse.Namespace, Config, Engine], int]) -> Co
     def run(args: argparse.Namespace) -> int:
         from alembic.util import CommandError
 
-        from app.store.db import open_engine
+        from app.store.db import error_reason, open_engine
         from app.store.migrate import SchemaError
 
         config = load_config(args.config, os.environ)  # ConfigError: exit 2 in app.cli
@@ -128,8 +128,7 @@ def _guarded(command: Callable[[argparse.Namespace, Config, Engine], int]) -> Co
         except SchemaError as exc:
             return _fail(str(exc), EXIT_FAILED)
         except SQLAlchemyError as exc:
-            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-            return _fail(f"{_shown(args, config)}: {reason}", EXIT_FAILED)
+            return _fail(f"{_shown(args, config)}: {error_reason(exc)}", EXIT_FAILED)
         except CommandError as exc:  # an unknown revision
             return _fail(str(exc), EXIT_USAGE)
         finally:

@@ -73,3 +73,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
         cursor.close()
+
+
+def error_reason(exc: BaseException) -> str:
+    """The driver's own message on one line, for logs and CLI errors (SQLAlchemy wraps it in
+    paragraphs of its own; psycopg spreads hints over several lines)."""
+    origin = getattr(exc, "orig", None) or exc
+    text = " ".join(line.strip() for line in str(origin).splitlines() if line.strip())
+    return text or type(origin).__name__

@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from app.call.events import CallEvent
 from app.store.apply import apply_event
-from app.store.db import create_schema, open_engine
+from app.store.db import create_schema, error_reason, open_engine
 from app.store.migrate import SchemaError
 from app.store.spool import Position, Record, Spool
 
@@ -273,7 +273,7 @@ class CallRecorder:
                         "call record %s for %s rejected by the database, not retried: %s",
                         _kind(record.event),
                         _id(record.event),
-                        _short(exc),
+                        error_reason(exc),
                     )
                 break
 
@@ -294,7 +294,7 @@ class CallRecorder:
                 "call-record database %s unavailable, keeping records in the spool and "
                 "retrying: %s",
                 self._url,
-                _short(exc),
+                error_reason(exc),
             )
 
     def _recovered(self) -> None:
@@ -329,12 +329,6 @@ def _transient(exc: SQLAlchemyError) -> bool:
     if isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError):
         return True
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
-
-
-def _short(exc: BaseException) -> str:
-    """The first line of the driver's own message (SQLAlchemy's wrapper adds paragraphs)."""
-    text = str(getattr(exc, "orig", None) or exc)
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _kind(event: CallEvent) -> str:

@@ -57,6 +57,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from app.asr.grammars import DIGIT_WORDS
 from app.call.events import CallEvent, StepResult, TurnCompleted, VariableSet
 
 if TYPE_CHECKING:
@@ -97,19 +98,9 @@ def _spans(
 
 # -- card --------------------------------------------------------------------------------------
 
-_DIGIT_WORDS = {
-    "zero": "0",
-    "oh": "0",
-    "one": "1",
-    "two": "2",
-    "three": "3",
-    "four": "4",
-    "five": "5",
-    "six": "6",
-    "seven": "7",
-    "eight": "8",
-    "nine": "9",
-}
+# The digit words ASR transcripts use (app.asr.grammars), less the bare letter "o": as a word
+# of running text it is far more often not a zero.
+_DIGIT_WORDS = {word: digit for word, digit in DIGIT_WORDS.items() if len(word) > 1}
 _WORDS = "|".join(_DIGIT_WORDS)
 _REPEATS = {"double": 2, "triple": 3}
 # A token is one group of digits, a digit word, or "double/triple <digit>".
