@@ -63,7 +63,7 @@ def create_asr(config: Config, environ: Mapping[str, str] | None = None) -> AsrE
     Any engine that cannot load stops the server here, naming what to install or pull."""
     environ = os.environ if environ is None else environ
     return FallbackAsrEngine(
-        _guarded("asr", config.asr, lambda name: _asr_engine(name, config, environ), AsrError)
+        _guarded("asr", config.asr, lambda name: build_asr_engine(name, config, environ), AsrError)
     )
 
 
@@ -84,7 +84,9 @@ def _guarded(
     return chain
 
 
-def _asr_engine(name: str, config: Config, environ: Mapping[str, str]) -> AsrEngine:
+def build_asr_engine(name: str, config: Config, environ: Mapping[str, str]) -> AsrEngine:
+    """One engine of `[asr]` by name with its configured settings (the server's chain and
+    `switchboard eval asr` build engines the same way)."""
     asr, models = config.asr, config.models.dir
     if name == "pocketsphinx":
         from app.asr.pocketsphinx import PocketSphinxEngine

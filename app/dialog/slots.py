@@ -112,7 +112,7 @@ def _below1000(words: Sequence[str], i: int) -> tuple[int, int] | None:
     return _below100(words, i)
 
 
-def _cardinal(words: Sequence[str]) -> int | None:
+def cardinal(words: Sequence[str]) -> int | None:
     """All of `words` as one cardinal, 0-999999, or None: "two thousand and twenty six"."""
     words = list(words)
     if not words:
@@ -161,13 +161,13 @@ def _number_words(text: str) -> list[str]:
         if word == "and" and (before not in ("hundred", "thousand") or after is None):
             continue
         kept.append(word)
-    if len(kept) > 1 and kept[0] == "oh" and _cardinal(kept[1:]) is not None:
+    if len(kept) > 1 and kept[0] == "oh" and cardinal(kept[1:]) is not None:
         kept = kept[1:]
     return kept
 
 
 def _spoken_number(words: Sequence[str]) -> int | None:
-    value = _cardinal(words)
+    value = cardinal(words)
     if value is None and len(words) > 1:
         spelled = _digit_string(words)
         value = int(spelled) if spelled is not None else None
@@ -272,21 +272,21 @@ def _day(words: Sequence[str]) -> tuple[int, bool] | None:
     if len(words) == 2 and words[0] in ("twenty", "thirty") and words[1] in ORDINAL_WORDS:
         value = TENS_WORDS[words[0]] + ORDINAL_WORDS[words[1]]
         return (value, True) if ORDINAL_WORDS[words[1]] < 10 and value <= 31 else None
-    value = _cardinal(words)
+    value = cardinal(words)
     return (value, False) if value is not None and 1 <= value <= 31 else None
 
 
 def _year(words: Sequence[str]) -> int | None:
     """1000-9999: "twenty twenty seven", "nineteen oh five", "two thousand and six", "2027"."""
-    value = _cardinal(words)
+    value = cardinal(words)
     if value is None:  # said in pairs: "twenty" + "twenty seven"
         for split in range(1, len(words)):
             high, low = words[:split], words[split:]
-            century = _cardinal(high)
+            century = cardinal(high)
             if low[0] == "oh" and len(low) == 2 and low[1] in UNIT_WORDS:
                 rest = UNIT_WORDS[low[1]]
             else:
-                rest = _cardinal(low)
+                rest = cardinal(low)
                 rest = rest if rest is not None and rest >= 10 else None
             if century is not None and 10 <= century <= 99 and rest is not None:
                 value = century * 100 + rest
@@ -497,7 +497,7 @@ def _hour(words: Sequence[str]) -> tuple[int, bool] | None:
     if len(words) == 1 and words[0].isdigit():
         value = int(words[0])
         return (value, words[0].startswith("0") or value > 12) if value <= 23 else None
-    value = _cardinal(words)
+    value = cardinal(words)
     if value is None or value > 23:
         return None
     return value, value == 0 or value > 12
@@ -518,7 +518,7 @@ def _minutes(words: Sequence[str]) -> tuple[int, bool] | None:
         return UNIT_WORDS[words[1]], False
     if len(words) == 1 and words[0].isdigit():
         return (int(words[0]), False) if len(words[0]) == 2 else None
-    value = _cardinal(words)
+    value = cardinal(words)
     return (value, False) if value is not None and 10 <= value <= 59 else None
 
 
@@ -545,7 +545,7 @@ def _relative_time(words: list[str], relation: list[int], meridiem: str | None) 
     elif amount == ["half"] and words[at] in _PAST:
         minutes = 30
     else:
-        minutes = _cardinal(amount) if amount else None
+        minutes = cardinal(amount) if amount else None
         if minutes is None or not 1 <= minutes <= 59:
             return None
     if target in ([w] for w in (*_NOON, *_MIDNIGHT)):
@@ -553,7 +553,7 @@ def _relative_time(words: list[str], relation: list[int], meridiem: str | None) 
             return None
         base = 12 * 60 if target[0] in _NOON else 0
     else:
-        hour = _cardinal(target) if len(target) <= 2 else None
+        hour = cardinal(target) if len(target) <= 2 else None
         if hour is None or not 1 <= hour <= 12:
             return None
         converted = _to_24h(hour, meridiem, as_24h=False)

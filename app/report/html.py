@@ -36,7 +36,7 @@ OUTCOME_COLOURS = {  # the same colour for an outcome in every report
     "rejected": "#8c8c8c",
 }
 
-_STYLE = """
+STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
 th, td { border-bottom: 1px solid #ddd; padding: 0.2em 0.8em; text-align: left; }
@@ -65,7 +65,7 @@ def render_html(report: Report) -> str:
         body.append(f'<section id="{name}">\n<h2>{title}</h2>\n{plots[name]}\n{tables}\n</section>')
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>Switchboard call report</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
+        f"<title>Switchboard call report</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
         + "\n".join(body)
         + "\n</body>\n</html>\n"
     )
@@ -111,7 +111,7 @@ def _table(grid: Grid) -> str:
 def _per_hour_plot(report: Report) -> str:
     if not report.per_hour:
         return _empty("no calls")
-    figure = _figure(max(4.0, min(12.0, 0.4 * len(report.per_hour))), 2.6)
+    figure = new_figure(max(4.0, min(12.0, 0.4 * len(report.per_hour))), 2.6)
     axes = figure.subplots()
     labels = [bucket.hour.strftime("%m-%d %H:00") for bucket in report.per_hour]
     axes.bar(range(len(labels)), [bucket.calls for bucket in report.per_hour], color="#4c72b0")
@@ -120,14 +120,14 @@ def _per_hour_plot(report: Report) -> str:
     axes.yaxis.get_major_locator().set_params(integer=True)
     axes.set_ylabel("calls")
     axes.set_title("Calls per hour (UTC)")
-    return _svg(figure, "hour")
+    return inline_svg(figure, "hour")
 
 
 def _latency_plot(report: Report) -> str:
     stages = [stage for stage in STAGES if report.stage_values.get(stage)]
     if not stages:
         return _empty("no latency values")
-    figure = _figure(7.0, 0.5 + 0.5 * len(stages))
+    figure = new_figure(7.0, 0.5 + 0.5 * len(stages))
     axes = figure.subplots()
     axes.boxplot(
         [report.stage_values[stage] for stage in stages],
@@ -138,7 +138,7 @@ def _latency_plot(report: Report) -> str:
     axes.invert_yaxis()  # pipeline order top to bottom
     axes.set_xlabel("ms")
     axes.set_title("Latency distribution per stage")
-    return _svg(figure, "latency")
+    return inline_svg(figure, "latency")
 
 
 def _outcome_plot(report: Report) -> str:
@@ -149,7 +149,7 @@ def _outcome_plot(report: Report) -> str:
     kinds = [kind for kind in OUTCOME_COLOURS if kind in found]
     kinds += [kind for kind in found if kind not in OUTCOME_COLOURS]
     share = {(row.dialplan or "-", row.outcome or "none"): row.share for row in report.outcomes}
-    figure = _figure(7.0, 0.8 + 0.45 * len(plans))
+    figure = new_figure(7.0, 0.8 + 0.45 * len(plans))
     axes = figure.subplots()
     left = [0.0] * len(plans)
     for kind in kinds:
@@ -161,10 +161,10 @@ def _outcome_plot(report: Report) -> str:
     axes.set_xlabel("% of the dialplan's calls")
     axes.set_title("Outcomes per dialplan")
     axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small", frameon=False)
-    return _svg(figure, "outcomes")
+    return inline_svg(figure, "outcomes")
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
@@ -173,7 +173,7 @@ def _figure(width: float, height: float) -> Figure:
 _SVG_METADATA = ("Creator", "Date", "Format", "Type")  # None each: no RDF block in the page
 
 
-def _svg(figure: Figure, prefix: str) -> str:
+def inline_svg(figure: Figure, prefix: str) -> str:
     """The figure as an inline <svg> element, its ids prefixed so plots cannot clash."""
     import matplotlib
 

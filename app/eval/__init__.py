@@ -1,0 +1,1 @@
+"""Evaluation: recognition on telephone audio (`eval asr`), scripted calls (`eval calls`)."""
