@@ -14,6 +14,7 @@ from pathlib import Path
 
 from app import __version__
 from app.config import Config, ConfigError, dump_config, load_config
+from app.eval.commands import add_eval_parser
 from app.models.commands import add_models_parser
 from app.report.commands import add_report_parser
 from app.store.commands import add_db_parser
@@ -80,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     add_models_parser(commands, _add_config_option)
     add_report_parser(commands, _add_config_option)
     add_db_parser(commands, _add_config_option)
+    add_eval_parser(commands, _add_config_option)
     return parser
 
 
