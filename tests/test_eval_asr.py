@@ -415,3 +415,19 @@ def test_eval_asr_refuses_bad_input_before_recognising(
     config.write_text(f'[models]\ndir = "{models}"\n')
     assert main(["eval", "asr", manifest, "--config", str(config), "--engine", "vosk"]) == 2
     assert "asr engine vosk" in capsys.readouterr().err
+
+
+BASELINE = Path(__file__).parent / "baselines" / "fsdd_pocketsphinx_digits.json"
+"""PocketSphinx's digits grammar on 400 FSDD clips (seed 0), PCMU: the gate this suite keeps.
+After a deliberate change of engine or settings, write it anew with the command in its meta."""
+
+
+def test_pocketsphinx_digits_hold_their_baseline(
+    shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = shared_data / "fsdd" / "manifest.jsonl"
+    args = ["eval", "asr", str(manifest), "--engine", "pocketsphinx", "--grammar", "digits"]
+    gate = ["--baseline", str(BASELINE), "--max-regression", "0.5", "--min-clips", "80"]
+    assert main([*args, "--sample", "400", "--quiet", *gate]) == 0
+    err = capsys.readouterr().err
+    assert "5 cohort figures compared" in err and "0 worse" in err
