@@ -43,6 +43,27 @@ def check_sipp() -> None:
         raise SippError("sipp not found on PATH: install the 'sip-tester' package (apt-get)")
 
 
+def start_sipp(command: list[str], cwd: Path) -> subprocess.Popen[str]:
+    """Start sipp in its own process group (see `kill_group`), output captured as text."""
+    return subprocess.Popen(
+        command,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
+
+
+def kill_group(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL the process group sipp was started in, ignoring a finished one."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def local_address(host: str, port: int) -> str:
     """The local IP address that packets to host:port leave from (no packet is sent)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -164,16 +185,7 @@ class SippCall:
             "-trace_logs", "-log_file", str(self.action_log),
         ]  # fmt: skip
         try:
-            self.process = subprocess.Popen(
-                command,
-                cwd=folder,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                errors="replace",
-                start_new_session=True,  # its own process group: `kill` takes all of it
-            )
+            self.process = start_sipp(command, folder)
         except OSError as exc:
             raise SippError(f"cannot start sipp: {exc}") from None
         self.hangup_sent = False
@@ -233,10 +245,7 @@ class SippCall:
         )
 
     def kill(self) -> None:
-        """SIGKILL sipp's process group (ours: start_new_session), ignoring a finished one."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
+        kill_group(self.process)
 
 
 def wait_answered(call: SippCall, answered_at: float | None) -> None:

@@ -14,11 +14,8 @@ test needs). The other end of a transfer is `tests.sip.target` (sipp) or
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -27,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from app.eval.sipp import kill_group, start_sipp
 from tests.sip.ports import HOST, free_port, free_udp_block
 from tests.sip.rtp_pcap import write_rtp_pcap
 
@@ -152,20 +150,6 @@ def sipp_command(
     ]  # fmt: skip
 
 
-def start_sipp(command: list[str], workdir: Path) -> subprocess.Popen[str]:
-    """Start sipp in its own process group (see `kill_group`), output captured as text."""
-    return subprocess.Popen(
-        command,
-        cwd=workdir,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        errors="replace",
-        start_new_session=True,
-    )
-
-
 def run_sipp(
     scenario: Path,
     host: str,
@@ -216,13 +200,6 @@ def run_sipp(
         log = message_log.read_text(errors="replace")
         result.responses, result.requests_received, result.requests_sent = parse_message_log(log)
     return result
-
-
-def kill_group(proc: subprocess.Popen[str]) -> None:
-    """SIGKILL the process group we started (start_new_session), ignoring a finished one."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
 
 
 def _codec_values(codec: str) -> dict[str, object]:

@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.sip.ports import HOST, free_port, free_udp_block
-from tests.sip.sipp import SIPP, SippResult, kill_group, parse_message_log, render_scenario
+from tests.sip.sipp import (
+    SIPP,
+    SippResult,
+    kill_group,
+    parse_message_log,
+    render_scenario,
+    start_sipp,
+)
 
 _CALLED = re.compile(r"^CALLED (\S+) FROM (.*)$", re.MULTILINE)
 _URI = re.compile(r"<([^>]+)>|(sips?:[^\s;>]+)")
@@ -179,16 +186,7 @@ def start_target(
         "-trace_err", "-error_file", str(workdir / "target_errors.log"),
         "-trace_logs", "-log_file", str(workdir / "target_logs.log"),
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        command,
-        cwd=workdir,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        errors="replace",
-        start_new_session=True,
-    )
+    proc = start_sipp(command, workdir)
     target = SippTarget(proc, port, workdir, scenario, timeout_s)
     time.sleep(0.2)  # sipp binds its socket right away; give it a moment before anyone calls
     if proc.poll() is not None:
