@@ -120,6 +120,12 @@ class ServerConfig:
     node: str = field(default_factory=socket.gethostname, metadata=_check(_non_empty))
     log_level: str = field(default="INFO", metadata=_check(_one_of(LOG_LEVELS, upper=True)))
     data_dir: Path = Path("var")
+    # "text" for a terminal, "json" (one object per line, with call_id) for a log pipeline.
+    log_format: str = field(default="text", metadata=_check(_one_of(("text", "json"))))
+    # Transcripts, prompts and secrets appear in logs only when this is true (debugging).
+    log_sensitive: bool = False
+    # SIGTERM / `switchboard drain`: new calls get 503, active calls get this long to finish.
+    drain_timeout_s: int = field(default=60, metadata=_check(_between(0, 86400)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +140,27 @@ class SipConfig:
     rtp_port: int = field(default=10000, metadata=_check(_between(1024, 65534)))
     rtp_port_count: int = field(default=1000, metadata=_check(_between(2, 64511)))
     codecs: tuple[str, ...] = field(default=SUPPORTED_CODECS, metadata=_check(_codecs))
+    # Retry-After (seconds) on 503 answers: at capacity, or draining.
+    retry_after_s: int = field(default=30, metadata=_check(_between(1, 86400)))
+    # SIP over TLS (0: off) with this certificate chain and key (PEM); CA file to verify
+    # peers' certificates (empty: peers are not verified).
+    tls_port: int = field(default=0, metadata=_check(_between(0, 65535)))
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    # SRTP: off, optional (offered, plain RTP accepted) or mandatory (plain RTP refused).
+    srtp: str = field(default="off", metadata=_check(_one_of(("off", "optional", "mandatory"))))
+    # Peers, trunks, ACLs, flood limits, User-Agent blocklist, transfer allowlist.
+    security: Path = Path("sip_config/security.toml")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """The metrics and health listener: /metrics (Prometheus), /livez, /readyz."""
+
+    bind: str = field(default="127.0.0.1", metadata=_check(_ip_address))
+    # 0 disables the listener.
+    port: int = field(default=9300, metadata=_check(_between(0, 65535)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,6 +407,7 @@ class Config:
 
     server: ServerConfig = field(default_factory=ServerConfig)
     sip: SipConfig = field(default_factory=SipConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     vad: VadConfig = field(default_factory=VadConfig)
     asr: AsrConfig = field(default_factory=AsrConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
@@ -575,6 +603,13 @@ def _check_consistency(config: Config) -> None:
             f"sip.rtp_port_count: ports {sip.rtp_port}..{sip.rtp_port + sip.rtp_port_count - 1}"
             " run past 65535"
         )
+    if sip.tls_port and not (sip.tls_cert and sip.tls_key):
+        raise ConfigError("sip.tls_port: TLS needs sip.tls_cert and sip.tls_key (PEM files)")
+    if sip.srtp == "mandatory" and not sip.tls_port:
+        raise ConfigError(
+            "sip.srtp: mandatory SRTP needs sip.tls_port (SDES keys travel in the SDP, which "
+            "must not cross the network in clear)"
+        )
     if vad.max_utterance_ms <= vad.min_speech_ms:
         raise ConfigError("vad.max_utterance_ms: must be greater than vad.min_speech_ms")
 
@@ -586,7 +621,15 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     return dataclasses.replace(
         config,
         server=dataclasses.replace(config.server, data_dir=resolve(config.server.data_dir)),
-        sip=dataclasses.replace(config.sip, routes=resolve(config.sip.routes)),
+        sip=dataclasses.replace(
+            config.sip,
+            routes=resolve(config.sip.routes),
+            security=resolve(config.sip.security),
+            **{
+                name: str(resolve(Path(value))) if (value := getattr(config.sip, name)) else ""
+                for name in ("tls_cert", "tls_key", "tls_ca")
+            },
+        ),
         dialplans=dataclasses.replace(config.dialplans, dir=resolve(config.dialplans.dir)),
         models=dataclasses.replace(config.models, dir=resolve(config.models.dir)),
         store=dataclasses.replace(config.store, url=_resolve_sqlite_url(config.store.url, base)),

@@ -24,6 +24,8 @@ class ServerProcess:
     process: subprocess.Popen[str]
     port: int
     env: dict[str, str]
+    http_port: int = 0
+    """The metrics/health listener's port on 127.0.0.1 (/metrics, /livez, /readyz)."""
     lines: list[str] = field(default_factory=list)
 
     @property
@@ -49,6 +51,7 @@ class ServerProcess:
         cls, overrides: dict[str, str], workdir: Path, timeout: float = 60.0
     ) -> ServerProcess:
         port = free_port()
+        http_port = free_port(udp=False)
         env = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",
@@ -59,6 +62,8 @@ class ServerProcess:
             "SWITCHBOARD_SIP__RTP_PORT_COUNT": "64",
             "SWITCHBOARD_SERVER__DATA_DIR": str(workdir),
             "SWITCHBOARD_STORE__URL": f"sqlite:///{workdir / 'switchboard.db'}",
+            "SWITCHBOARD_HTTP__BIND": HOST,
+            "SWITCHBOARD_HTTP__PORT": str(http_port),
             **overrides,
         }
         process = subprocess.Popen(
@@ -70,7 +75,7 @@ class ServerProcess:
             text=True,
             start_new_session=True,
         )
-        server = cls(process, port, env)
+        server = cls(process, port, env, http_port=int(env["SWITCHBOARD_HTTP__PORT"]))
         ready = threading.Event()
 
         def pump() -> None:

@@ -170,7 +170,9 @@ def test_example_lists_every_key_and_loads(tmp_path):
     example = load_config(EXAMPLE)
     defaults = load_config(None)
     assert example.sip == dataclasses.replace(
-        defaults.sip, routes=EXAMPLE.parent / "sip_config" / "routes.toml"
+        defaults.sip,
+        routes=EXAMPLE.parent / "sip_config" / "routes.toml",
+        security=EXAMPLE.parent / "sip_config" / "security.toml",
     )
     assert example.vad == defaults.vad and example.tts == defaults.tts
 

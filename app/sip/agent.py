@@ -136,8 +136,12 @@ class SipAgent:
         session_factory: SessionFactory,
         bus: EventBus,
         pjsip_log_level: int = 2,
+        heartbeat: Callable[[], None] | None = None,
     ) -> None:
+        """`heartbeat`, when given, is called on every turn of the SIP loop (every ~10 ms
+        while it is healthy): a watchdog fed from it notices a hung loop. It must be cheap."""
         self._config = config
+        self._heartbeat = heartbeat
         self._admission = admission_factory(self.active_call_count)
         self._session_factory = session_factory
         self._bus = bus
@@ -210,6 +214,8 @@ class SipAgent:
                 self._run_commands()
                 self._tick_transfers()
                 self._reap_finished_calls()
+                if self._heartbeat is not None:
+                    self._heartbeat()
                 if self._stop_requested.is_set():
                     if not hung_up_all:
                         self._hangup_all()
