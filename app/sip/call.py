@@ -33,6 +33,8 @@ class CallRecord:
     source: str
     invited_at: float
     dialplan: str | None = None
+    peer: str = ""
+    """The `[[peer]]` of security.toml the INVITE came from ("" for none)."""
     codec: str = ""
     answered_at: float | None = None
     rejected: bool = False
@@ -95,6 +97,15 @@ class SipCall(pj.Call):
             self.agent.on_call_tsx_state(self, prm)
         except Exception:
             log.exception("call transaction handling failed")
+
+    def onCallTransferRequest(self, prm: pj.OnCallTransferRequestParam) -> None:
+        """A REFER from the far end. Unless answered here PJSIP accepts it (202) and dials
+        the target itself: a toll-fraud door. The agent decides (403 by default)."""
+        try:
+            self.agent.on_transfer_request(self, prm)
+        except Exception:
+            prm.statusCode = 403
+            log.exception("transfer request handling failed")
 
     def onCallTransferStatus(self, prm: pj.OnCallTransferStatusParam) -> None:
         try:

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 @cache
-def _library() -> ctypes.CDLL | None:
+def library() -> ctypes.CDLL | None:
     try:
         import pjsua2._pjsua2 as binding  # the extension module that embeds PJSIP
 
@@ -64,7 +64,7 @@ def answer_request(tsx: pj.SipTransaction, rdata: pj.SipRxData, status: int) -> 
     event's `rdata`, on the SIP loop thread. Returns False when it could not be sent (PJSIP
     then answers 500 itself).
     """
-    lib = _library()
+    lib = library()
     tsx_ptr = _address(tsx.pjTransaction)
     rdata_ptr = _address(rdata.pjRxData)
     if lib is None or tsx_ptr is None or rdata_ptr is None:
@@ -78,5 +78,5 @@ def answer_request(tsx: pj.SipTransaction, rdata: pj.SipRxData, status: int) -> 
 
 def max_calls() -> int | None:
     """How many calls PJSIP can hold at once (its compile-time cap may be below ours)."""
-    lib = _library()
+    lib = library()
     return None if lib is None else int(lib.pjsua_call_get_max_count())
