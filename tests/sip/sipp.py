@@ -262,6 +262,7 @@ def expect_status(
     service: str = "1000",
     workdir: Path | None = None,
     timeout_s: float = 15.0,
+    extra_args: Sequence[str] = (),
 ) -> SippResult:
     """An INVITE that must be refused with `status` (e.g. 404; 488 with codec="G722")."""
     if not 300 <= status <= 699:
@@ -269,8 +270,9 @@ def expect_status(
     workdir = _workdir(workdir)
     scenario = render_scenario("uac_expect", workdir, {**_codec_values(codec), "STATUS": status})
     return run_sipp(
-        scenario, host, port, workdir, transport=transport, service=service, timeout_s=timeout_s
-    )
+        scenario, host, port, workdir, transport=transport, service=service,
+        timeout_s=timeout_s, extra_args=extra_args,
+    )  # fmt: skip
 
 
 def hangup_early(
