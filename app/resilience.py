@@ -42,6 +42,8 @@ class CircuitBreaker:
         self._open_until: float | None = None
         self._probing = False
         self._last_error = ""
+        self.failures_total = 0
+        """Every failure since start, for metrics (`_failures` resets on success)."""
 
     @property
     def state(self) -> str:
@@ -79,6 +81,7 @@ class CircuitBreaker:
     def failure(self, error: str, retry_after_s: float | None = None) -> None:
         with self._lock:
             self._failures += 1
+            self.failures_total += 1
             self._last_error = error
             probe_failed = self._probing
             self._probing = False

@@ -61,6 +61,7 @@ from app.dialog.dialplan import Dialplan
 from app.dialog.runner import REDACTED, DialogRunner
 from app.media.audio import CALL_RATE
 from app.media.playout import PlayoutBuffer
+from app.ops.logs import bind_call_id
 from app.services.llm import ChatClient, ChatReply
 from app.services.webhook import WebhookClient, WebhookResponse
 from app.tts.base import TtsEngine
@@ -227,6 +228,7 @@ class CallSession:
         self._timer.start()
 
     def _on_time_limit(self) -> None:
+        bind_call_id(self.call_id)  # a timer thread: its lines belong to this call too
         log.info("call %s: maximum duration reached", self.call_id)
         self._time_up.set()
         self._stop.set()
@@ -235,6 +237,7 @@ class CallSession:
     # ------------------------------------------------------------ worker thread
 
     def _run(self) -> None:
+        bind_call_id(self.call_id)  # every line this worker (and its speaker) logs names the call
         runner = DialogRunner(
             self._dialplan,
             self._initial,

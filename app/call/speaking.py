@@ -10,6 +10,7 @@ first full rendering.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import queue
 import threading
@@ -65,7 +66,11 @@ class Speaker:
         """The call's G.711 law: cached prompts are kept encoded in it."""
         self._queue: queue.SimpleQueue[Prompt | None] = queue.SimpleQueue()
         self._current: Prompt | None = None
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        # runs in its creator's context: the call worker's, so its log lines name the call
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=context.run, args=(self._run,), name=name, daemon=True
+        )
         self._thread.start()
 
     def say(self, text: str, cacheable: bool = False) -> Prompt:

@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 
 from app.dialog.steps import Condition
+from app.ops.logs import sensitive
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def holds(condition: Condition, variables: Mapping[str, str]) -> bool:
         return operand.fullmatch(value) is not None
     number = _number(value)
     if number is None:
-        log.info("condition on %r: %r is not a number", condition.variable, value)
+        log.info("condition on %r: %r is not a number", condition.variable, sensitive(value))
         return False
     return _COMPARE[op](number, float(operand))
 

@@ -176,6 +176,19 @@ class CallRecorder:
         """True while the database is unreachable (records are kept in the spool)."""
         return self._outage_since is not None
 
+    @property
+    def accepting(self) -> bool:
+        """Events are kept, in the database or (while it is down) the spool: started, not
+        closed, threads running, and not dropping events because the spool cannot keep up.
+        What readiness asks of the store."""
+        threads = self._threads
+        return (
+            bool(threads)
+            and not self._closed
+            and not self._overflowing
+            and all(thread.is_alive() for thread in threads)
+        )
+
     # -- journal thread: queue -> spool --------------------------------------------------------
 
     def _journal(self) -> None:
