@@ -1,0 +1,1 @@
+"""Running Switchboard in production: service-manager integration and operations."""
