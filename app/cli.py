@@ -1,7 +1,8 @@
 """The `switchboard` command: serve, validate dialplans, check a configuration.
 
 Exit codes: 0 success, 1 invalid dialplans or routes (models: a failed download, install or
-verification), 2 invalid configuration or usage.
+verification), 2 invalid configuration or usage. `drain`: 0 the server exited (or was not
+waited for), 1 it was still running when the wait ended, 2 no server is running.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from app.report.commands import add_report_parser
 from app.store.commands import add_db_parser
 
 EXIT_OK, EXIT_INVALID, EXIT_CONFIG = 0, 1, 2
+DRAIN_WAIT_MARGIN_S = 30
+"""After the drain deadline the server hangs up what is left (up to 10 s) and flushes records."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,6 +80,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_config_option(check)
     check.set_defaults(command=_check_config)
+
+    drain = commands.add_parser(
+        "drain",
+        help="stop the running server gracefully: new calls get 503, calls in progress may"
+        " end (up to [server] drain_timeout_s)",
+    )
+    _add_config_option(drain)
+    drain.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="wait for the server to exit, showing the calls left (default: wait)",
+    )
+    drain.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help=f"how long to wait (default: drain_timeout_s + {DRAIN_WAIT_MARGIN_S} s)",
+    )
+    drain.set_defaults(command=_drain)
 
     add_models_parser(commands, _add_config_option)
     add_report_parser(commands, _add_config_option)
@@ -184,6 +207,23 @@ def _reload_dialplans(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     print(f"asked server {pid} to reload {len(plans)} dialplan(s); its log says when done")
     return EXIT_OK
+
+
+def _drain(args: argparse.Namespace) -> int:
+    from app.drain import request_drain
+    from app.server import health_file_path, pid_file_path
+
+    config = _load(args)
+    wait_s = args.timeout
+    if wait_s is None:
+        wait_s = config.server.drain_timeout_s + DRAIN_WAIT_MARGIN_S
+    return request_drain(
+        pid_file_path(config),
+        health_file_path(config),
+        wait_s=wait_s if args.wait else None,
+        out=sys.stdout,
+        err=sys.stderr,
+    )
 
 
 def _print_schema(_args: argparse.Namespace) -> int:

@@ -4,10 +4,17 @@ Pure Python, so every rejection path is unit-tested without a SIP stack. The ord
 callers: a wrong number is a 404 even when the server is busy, a codec mismatch a 488. The
 cluster-wide cap is asked last, and only for an INVITE that would otherwise be answered: it
 takes a slot (`LiveState.reserve`), which a rejected INVITE must not hold.
+
+Draining comes before all of them: a node that is going away answers every new INVITE 503
+with Retry-After, even one to an unknown number or with codecs it refuses. A 503 tells the
+caller's proxy to try another node (RFC 3261 21.5.4) where a 404 or 488 is final; a leaving
+node should not give a final answer from a routing table that its successor (a new release,
+new routes) may no longer share, and a draining node takes no cluster slot.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -51,10 +58,21 @@ class Admission:
         self._active_calls = active_calls
         self._retry_after_s = retry_after_s
         self._reserve = reserve
+        self._draining = threading.Event()  # set from the main thread, read on the SIP loop
+
+    def drain(self) -> None:
+        """Refuse every new INVITE from now on (503 with Retry-After). Any thread; for good."""
+        self._draining.set()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining.is_set()
 
     def decide(self, request: SipRequest) -> Decision:
         if request.method != "INVITE":
             return Decision(405, "Method Not Allowed")
+        if self._draining.is_set():  # first: see the module docstring
+            return self._busy(_dialled_or_empty(request.request_uri))
         try:
             dialled = request_uri_user(request.request_uri)
         except ValueError:
@@ -78,3 +96,11 @@ class Admission:
     def _busy(self, dialled: str) -> Decision:
         retry = (("Retry-After", str(self._retry_after_s)),)
         return Decision(503, "Service Unavailable", dialled, headers=retry)
+
+
+def _dialled_or_empty(request_uri: str) -> str:
+    """The dialled number for the record of a refused call ("" when there is none)."""
+    try:
+        return request_uri_user(request_uri)
+    except ValueError:
+        return ""
