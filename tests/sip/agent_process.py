@@ -7,9 +7,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
+from app.sip.registration import Registration
 from tests.sip.ports import HOST, free_port, free_udp_block
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -101,6 +103,12 @@ class AgentProcess:
             cmd="transfer", call_id=call_id, target=target, fallback=fallback, timeout_s=timeout_s
         )
 
+    def registration_status(self, timeout_s: float = 5.0) -> dict[str, dict]:
+        """`SipAgent.registration_status()` of the running agent."""
+        mark = self.mark()
+        self.send(cmd="registration_status")
+        return self.wait_event("registration_status", timeout_s=timeout_s, after=mark)["status"]
+
     def stop(self, timeout_s: float = 10.0) -> int | None:
         """Quit cleanly (agent.stop), kill if it hangs; return the exit code."""
         if self.proc.poll() is None:
@@ -113,8 +121,11 @@ class AgentProcess:
         return self.proc.returncode
 
 
-def start_agent(workdir: Path, pjsip_log_level: int = 3) -> AgentProcess:
-    """Start `tests.sip.agent_server` on free loopback ports; retry once if a port was taken."""
+def start_agent(
+    workdir: Path, pjsip_log_level: int = 3, registrations: Sequence[Registration] = ()
+) -> AgentProcess:
+    """Start `tests.sip.agent_server` on free loopback ports; retry once if a port was taken.
+    `registrations`: trunks the agent registers with from the start."""
     workdir.mkdir(parents=True, exist_ok=True)
     for attempt in range(2):
         port, rtp = free_port(), free_udp_block(64)
@@ -123,6 +134,8 @@ def start_agent(workdir: Path, pjsip_log_level: int = 3) -> AgentProcess:
             sys.executable, "-m", "tests.sip.agent_server", "--port", str(port),
             "--rtp-port", str(rtp), "--pjsip-log-level", str(pjsip_log_level),
         ]  # fmt: skip
+        for registration in registrations:
+            command += ["--registration", json.dumps(asdict(registration))]
         with log_path.open("w") as log:
             proc = subprocess.Popen(
                 command,

@@ -10,7 +10,8 @@ over pipes (the client side is `tests.sip.agent_process.AgentProcess`):
   (the `CallEnded` fields).
 - stdin, one JSON command per line: {"cmd": "transfer", "call_id": ID, "target": URI,
   "fallback": "bridge"|"none", "timeout_s": S}, {"cmd": "hangup", "call_id": ID},
-  {"cmd": "quit"}.
+  {"cmd": "registration_status"} (answered by a "registration_status" event with "status":
+  `SipAgent.registration_status()`), {"cmd": "quit"}.
 - stderr: the agent's and PJSIP's log.
 
 The scripted core (`ScriptedCall`) plays a quiet 440 Hz tone, records keys and, like
@@ -35,6 +36,7 @@ from app.call.events import CallEnded, CallEvent, EventBus
 from app.config import SipConfig
 from app.sip.admission import Admission
 from app.sip.agent import CallContext, SipAgent, SipAgentError
+from app.sip.registration import Registration
 from app.sip.routes import Route, RouteTable
 
 _TONE = b"".join(
@@ -143,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True, help="SIP UDP and TCP port")
     parser.add_argument("--rtp-port", type=int, required=True, help="first of 64 RTP ports")
     parser.add_argument("--pjsip-log-level", type=int, default=3)
+    parser.add_argument(
+        "--registration", action="append", default=[], help="a trunk to register: JSON fields"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG,
@@ -172,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         session_factory=new_call,
         bus=EventBus([_Observer()]),
         pjsip_log_level=args.pjsip_log_level,
+        registrations=[Registration(**json.loads(text)) for text in args.registration],
     )
     try:
         agent.start()
@@ -185,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         command = json.loads(line)
         if command["cmd"] == "quit":
             break
+        if command["cmd"] == "registration_status":
+            emit("registration_status", status=agent.registration_status())
+            continue
         call = calls.get(command.get("call_id", ""))
         if call is None:
             emit("error", message=f"no call {command.get('call_id')!r}")

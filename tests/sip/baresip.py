@@ -162,19 +162,28 @@ def _write_config(
     *,
     answermode: str = "manual",
     user: str = "harness",
+    mediaenc: str = "",
+    tls_cert: Path | None = None,
 ) -> tuple[Path, int, int]:
-    """Config dir for one baresip: (config dir, ctrl_tcp port, SIP port)."""
+    """Config dir for one baresip: (config dir, ctrl_tcp port, SIP port).
+
+    `mediaenc` ("srtp", "srtp-mand", ...) loads the srtp module and encrypts media with it.
+    For TLS, baresip 1.0.0 verifies no server certificate (it has no setting for it), so a
+    self-signed server is fine; it listens for TLS on the SIP port + 1, with `tls_cert`
+    (certificate and key in one PEM file) as its own certificate."""
     cfg = workdir / "baresip"
     cfg.mkdir(exist_ok=True)
     snd = workdir / "audio"
     snd.mkdir(exist_ok=True)
     for old in snd.glob("dump-*.wav"):
         old.unlink()
-    for path in (speech, snd):
+    for path in (speech, snd, tls_cert or snd):
         if any(c in str(path) for c in " ,;\t"):
             raise ValueError(f"baresip config cannot hold the path {path}: no spaces/commas")
     control_port = free_port(udp=False)
     sip_port = free_port()
+    while transport == "tls" and not _tcp_free(sip_port + 1):
+        sip_port = free_port()
     rtp = free_udp_block(4)
     settings = {
         "poll_method": "epoll",
@@ -195,6 +204,8 @@ def _write_config(
         "ctrl_tcp_listen": f"{HOST}:{control_port}",
         "snd_path": str(snd),
     }
+    if tls_cert is not None:
+        settings["sip_certificate"] = str(tls_cert)
     modules = [
         ("module", "g711.so"),
         ("module", "aufile.so"),
@@ -204,16 +215,29 @@ def _write_config(
         ("module_app", "menu.so"),
         ("module_app", "ctrl_tcp.so"),
     ]
+    if mediaenc:
+        modules.append(("module", "srtp.so"))
     lines = [f"{key}\t{value}" for key, value in settings.items()]
     lines += [f"{key}\t{value}" for key, value in modules]
     (cfg / "config").write_text("\n".join(lines) + "\n")
-    uri = f"sip:{user}@{HOST}" + (";transport=tcp" if transport == "tcp" else "")
+    uri = f"sip:{user}@{HOST}" + (f";transport={transport}" if transport != "udp" else "")
     account = (
         f"<{uri}>;regint=0;audio_codecs={codec.encoding_name};answermode={answermode};ptime=20"
     )
+    if mediaenc:
+        account += f";mediaenc={mediaenc}"
     (cfg / "accounts").write_text(account + "\n")
     (cfg / "contacts").write_text("")
     return cfg, control_port, sip_port
+
+
+def _tcp_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+        return True
 
 
 def _padded_speech(speech_wav: Path, workdir: Path, min_s: float) -> Path:
@@ -244,8 +268,10 @@ def run_baresip_call(
     duration_s: float,
     workdir: Path,
     *,
-    transport: Literal["udp", "tcp"] = "udp",
+    transport: Literal["udp", "tcp", "tls"] = "udp",
     answer_timeout_s: float = ANSWER_TIMEOUT_S,
+    mediaenc: str = "",
+    tls_cert: Path | None = None,
 ) -> BaresipResult:
     """Dial `target_uri` (e.g. 'sip:1000@127.0.0.1:5090'), speak `speech_wav` from the
     answer on, and hang up after `duration_s` unless the server hangs up first (or after
@@ -255,6 +281,13 @@ def run_baresip_call(
     result is about the first call, which ends when the server hangs up after the transfer,
     and quitting then ends the call to the target too.
 
+    transport="tls" signals over TLS (baresip adds ";transport=tls" to the dialled URI itself).
+    Give it `tls_cert` (certificate and key, one PEM file): without one baresip cannot accept
+    TLS connections, so a request the server sends on a new connection to our Contact (its
+    BYE, say) never arrives. `mediaenc` encrypts the media: "srtp" (RTP/AVP offer with SDES
+    keys, plain RTP accepted), "srtp-mand" (RTP/SAVP offer, SRTP required); the log then says
+    "SRTP is Enabled".
+
     The process always ends: quit, then SIGTERM/SIGKILL to its process group.
     """
     if shutil.which(BARESIP) is None:
@@ -262,7 +295,9 @@ def run_baresip_call(
     law = Codec.from_name(codec)
     workdir.mkdir(parents=True, exist_ok=True)
     speech = _padded_speech(speech_wav, workdir, duration_s + answer_timeout_s + 30)
-    cfg, control_port, _ = _write_config(workdir, speech, law, transport)
+    cfg, control_port, _ = _write_config(
+        workdir, speech, law, transport, mediaenc=mediaenc, tls_cert=tls_cert
+    )
     log_path = workdir / "baresip.log"
     started = time.monotonic()
     with log_path.open("wb") as log:
