@@ -29,13 +29,21 @@ from app.call.hangover import Hangover
 from app.call.session import CallServices, CallSession, SessionConfig
 from app.config import Config, EngineLimits, redact_url
 from app.dialog.dialplan import Dialplan, DialplanError, load_dialplans
+from app.drain import StopSignals, drain_calls
 from app.media.audio import CALL_RATE
 from app.models import ModelMissing, resolve_model, resolve_piper_voices
+from app.ops.health import Liveness, Readiness, chain, server_checks
+from app.ops.http import ListenerError, OpsHttpServer
+from app.ops.logs import setup_logging
+from app.ops.metrics import Metrics
+from app.ops.notify import Notifier, Watchdog
 from app.resilience import CircuitBreaker, EngineGuard, Limits
 from app.services.llm import ChatClient
 from app.services.webhook import WebhookClient
 from app.sip.admission import Admission
+from app.sip.edge import EdgeFilter
 from app.sip.routes import RoutesError, RouteTable
+from app.sip.security import SecurityConfigError, SecurityPolicy, load_policy
 from app.state import open_state
 from app.state.base import LiveState
 from app.store.migrate import SchemaError, ensure_schema
@@ -211,7 +219,26 @@ class Server:
     webhooks: WebhookClient = field(default_factory=WebhookClient)
     chat: ChatClient = field(default_factory=ChatClient)
     prompt_cache: PromptCache | None = None
+    security: SecurityPolicy = field(default_factory=SecurityPolicy)
+    metrics: Metrics | None = None
     _reload_lock: threading.Lock = field(default_factory=threading.Lock)
+    _draining: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def draining(self) -> bool:
+        """True from the first SIGTERM (or `switchboard drain`) on: new calls get 503 and
+        the server is not ready for traffic, while the calls in progress go on."""
+        return self._draining.is_set()
+
+    def begin_drain(self) -> None:
+        """Refuse new calls from now on; the calls in progress continue (`app.drain`)."""
+        self._draining.set()
+        if self.agent is not None:
+            self.agent.begin_drain()
+
+    def active_calls(self) -> int:
+        """Calls answered (or being answered) and not yet ended on this node."""
+        return self.agent.active_call_count() if self.agent is not None else 0
 
     def reload_dialplans(self) -> bool:
         """Load the dialplans and routes again and switch to them if all are valid.
@@ -264,7 +291,8 @@ class Server:
             recordings_dir=self.config.server.data_dir / "recordings",
         )
 
-    def start_sip(self) -> None:
+    def start_sip(self, heartbeat: Callable[[], None] | None = None) -> None:
+        """Start answering calls; `heartbeat` runs on every SIP loop turn (the watchdog)."""
         from app.sip.agent import CallContext, SipAgent
 
         session_config = self.session_config()
@@ -293,10 +321,19 @@ class Server:
                 sip.codecs,
                 sip.max_calls,
                 active,
+                retry_after_s=sip.retry_after_s,
                 reserve=self._reserve if self.config.state.max_calls else None,
             ),
             session_factory=new_session,
             bus=self.bus,
+            heartbeat=heartbeat,
+            edge=EdgeFilter(
+                self.security,
+                on_response=self.metrics.sip_response if self.metrics else None,
+                on_refused=self.metrics.edge_refused if self.metrics else None,
+            ),
+            metrics=self.metrics,
+            registrations=self.security.registrations(),
         )
         agent.start()
         self.agent = agent
@@ -317,6 +354,8 @@ class Server:
                 "dropped": self.recorder.dropped,
             },
             "state": dict(state),
+            "active_calls": self.active_calls(),
+            "draining": self.draining,  # `switchboard drain` shows the calls left from here
         }
 
     def close(self, drain_timeout: float = 10.0) -> None:
@@ -371,6 +410,19 @@ def check_voices(dialplans: dict[str, Dialplan], tts: TtsEngine) -> None:
         raise StartupError("\n  ".join(unknown))
 
 
+def load_security(config: Config) -> SecurityPolicy:
+    """The SIP edge policy of `[sip] security`; a missing file means an open server."""
+    try:
+        policy = load_policy(config.sip.security, os.environ)
+    except SecurityConfigError as exc:
+        raise StartupError(str(exc)) from None
+    if policy.source is None:
+        log.warning(
+            "no security file at %s: INVITEs are accepted from any source", config.sip.security
+        )
+    return policy
+
+
 def spool_dir(config: Config) -> Path:
     """Where call records wait while the database is unreachable (and across a restart)."""
     return config.server.data_dir / "spool"
@@ -411,6 +463,7 @@ def open_recorder(config: Config) -> CallRecorder:
 def build_server(config: Config) -> Server:
     """Load everything a call needs; raise `StartupError` naming what is wrong."""
     dialplans, routes = load_plans_and_routes(config)
+    security = load_security(config)
     classifier_factory(config)  # a missing VAD model fails here, before any call
     asr = create_asr(config)
     tts = create_tts(config)
@@ -424,31 +477,51 @@ def build_server(config: Config) -> Server:
     )
     state.start()
     redactor = Redactor.from_config(config.privacy)
-    bus = EventBus([recorder, state], transform=redactor.redact_event)
+    metrics = Metrics()
+    metrics.watch_store(recorder)
+    metrics.watch_state(state)
+    for service, chain_engine in (("asr", asr), ("tts", tts)):
+        metrics.watch_engines(service, [guard for _e, guard in getattr(chain_engine, "chain", ())])
+    bus = EventBus([recorder, state, metrics], transform=redactor.redact_event)
     cache_mb = config.tts.prompt_cache_mb
     prompt_cache = PromptCache(cache_mb * 1024 * 1024) if cache_mb else None
     return Server(
-        config, dialplans, routes, asr, tts, recorder, state, bus, prompt_cache=prompt_cache
+        config,
+        dialplans,
+        routes,
+        asr,
+        tts,
+        recorder,
+        state,
+        bus,
+        prompt_cache=prompt_cache,
+        security=security,
+        metrics=metrics,
     )
 
 
 def serve(config: Config) -> int:
-    """Run until SIGINT/SIGTERM; return the process exit code."""
-    logging.basicConfig(
-        level=config.server.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    """Run until SIGTERM/SIGINT, then drain (`app.drain`; a second signal stops at once);
+    return the process exit code."""
+    setup_logging(config.server.log_level, config.server.log_format, config.server.log_sensitive)
+    notifier = Notifier()  # systemd Type=notify; does nothing outside systemd
+    watchdog = Watchdog(notifier)  # fed by the SIP loop: a hung loop stops the pings
+    liveness = Liveness()  # /livez: both loops must keep turning
+    sip_beat = liveness.heartbeat("sip_loop", stale_after_s=5.0)
+    main_beat = liveness.heartbeat("main_loop", stale_after_s=10.0)
     try:
         server = build_server(config)
-        server.start_sip()
+        ops = start_ops_listener(server, liveness)  # before SIP: a port in use fails first
+        server.start_sip(
+            heartbeat=chain(sip_beat.beat, watchdog.feed if watchdog.enabled else None)
+        )
     except Exception as exc:  # startup errors are the operator's to fix: say what, not a trace
         log.error("cannot start: %s", exc)
         return EXIT_STARTUP_FAILED
-    stop = threading.Event()
+    stop = StopSignals()  # SIGINT drains too: a second Ctrl-C stops at once
 
-    def request_stop(signum: int, _frame: object) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
+    def request_stop(signum: int, frame: object) -> None:
+        stop.on_signal(signum, frame)
 
     reload = threading.Event()
 
@@ -466,18 +539,45 @@ def serve(config: Config) -> int:
         redact_url(config.store.url),
         redact_url(config.state.url),
     )
+    notifier.ready(f"answering calls: {len(server.dialplans)} dialplan(s)")
     health = HealthFile(health_file_path(config))
-    while not stop.wait(0.2):
+
+    def tick() -> None:
+        """Every turn of the main loop, and of the drain: alive, and the health file."""
+        main_beat.beat()
+        health.update(server.health())
+
+    while not stop.drain.wait(0.2):
         if reload.is_set():
             reload.clear()
             log.info("SIGHUP: reloading dialplans from %s", config.dialplans.dir)
             server.reload_dialplans()
-        health.update(server.health())
-    server.close()
+        tick()
+    notifier.stopping(f"draining {server.active_calls()} call(s)")
+    timeout_s = config.server.drain_timeout_s
+    drain_calls(server, timeout_s, stop.now, on_tick=tick)
+    if ops is not None:
+        ops.stop()  # /readyz said 503 (draining) while calls finished; nothing to serve now
+    server.close()  # hangs up what is left (by "system"), then flushes the records
     _remove(pid_file)
     _remove(health.path)
     log.info("stopped")
     return EXIT_OK
+
+
+def start_ops_listener(server: Server, liveness: Liveness) -> OpsHttpServer | None:
+    """/metrics, /livez and /readyz on `[http]` (None with port 0); a port in use is a
+    `StartupError` naming the address."""
+    http = server.config.http
+    if not http.port or server.metrics is None:
+        return None
+    readiness = Readiness(server_checks(server), draining=lambda: server.draining)
+    try:
+        listener = OpsHttpServer(http.bind, http.port, server.metrics, liveness, readiness)
+    except ListenerError as exc:
+        raise StartupError(str(exc)) from None
+    listener.start()
+    return listener
 
 
 def health_file_path(config: Config) -> Path:

@@ -11,6 +11,7 @@ import logging
 import socket
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -165,6 +166,31 @@ def test_bad_security_files_name_the_key(tmp_path: Path, text: str, error: str) 
     with pytest.raises(SecurityConfigError) as caught:
         load_policy(write_policy(tmp_path, text), environ={})
     assert error in str(caught.value)
+
+
+def test_trunk_peer_registers_with_credentials_from_the_environment(tmp_path: Path) -> None:
+    path = write_policy(
+        tmp_path,
+        "[[peer]]\nname = 'carrier'\ncidrs = ['203.0.113.0/24']\nmax_calls = 30\n"
+        "register = 'sip:sip.carrier.example'\nusername = '4420712345'\n"
+        "password_env = 'CARRIER_PW'\nexpires_s = 600\nretry_s = 20\n",
+    )
+    policy = load_policy(path, environ={"CARRIER_PW": "pw"})
+    (registration,) = policy.registrations()
+    assert (registration.registrar, registration.username, registration.password) == (
+        "sip:sip.carrier.example",
+        "4420712345",
+        "pw",
+    )
+    assert (registration.expires_s, registration.retry_s, registration.transport) == (
+        600,
+        20,
+        "udp",
+    )
+    assert policy.peers[0].username == ""  # it authenticates us; its INVITEs are not challenged
+    bad = write_policy(tmp_path, path.read_text().replace("sip:sip.carrier", "http://carrier"))
+    with pytest.raises(SecurityConfigError, match="registrar must be a sip"):
+        load_policy(bad, environ={"CARRIER_PW": "pw"})
 
 
 def test_shipped_security_file_loads_open_with_flood_and_scanner_rules() -> None:
@@ -415,3 +441,22 @@ def test_presence_is_off_and_multipart_bodies_are_refused(guarded_server: Server
     invite = send_one(port, "INVITE", "Content-Type: multipart/mixed;boundary=b\r\n", body)
     assert invite == b"SIP/2.0 415 Unsupported Media Type", invite
     assert "SECURITY kind=multipart_refused src=127.0.0.1:" in guarded_server.log
+
+
+def test_refusals_are_counted_in_metrics(guarded_server: ServerProcess) -> None:
+    """Runs after the tests above on the same server: their refusals are on /metrics."""
+    send_options("127.0.0.2", guarded_server.port, 1)  # at least one ACL refusal of our own
+    url = f"http://{HOST}:{guarded_server.http_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(("switchboard_rejected_total{", "switchboard_sip_responses_total{"))
+    }
+    assert values['switchboard_rejected_total{reason="acl"}'] >= 2
+    assert values['switchboard_rejected_total{reason="flood"}'] >= 14
+    assert values['switchboard_rejected_total{reason="user_agent"}'] >= 1
+    assert values['switchboard_rejected_total{reason="multipart"}'] >= 1
+    assert values['switchboard_sip_responses_total{code="403"}'] >= 2  # ACL, SUBSCRIBE, REFER
+    assert values['switchboard_sip_responses_total{code="200"}'] >= 16

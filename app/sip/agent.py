@@ -20,9 +20,10 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import pjsua2 as pj
 
@@ -30,14 +31,23 @@ from app.call.events import CallEnded, EventBus
 from app.config import SipConfig
 from app.dialog.actions import TransferOutcome
 from app.media.audio import CALL_RATE, FRAME_MS
+from app.ops.logs import sensitive
+from app.ops.metrics import rejection_reason
 from app.sip import native
 from app.sip.admission import Admission, Decision
 from app.sip.call import CallRecord, SipCall
+from app.sip.digest import DigestAuthenticator
 from app.sip.dtmf import normalize_key
+from app.sip.edge import EdgeFilter
 from app.sip.info import on_info_transaction
 from app.sip.port import FrameSink, PortPool
-from app.sip.sdp import parse_request
+from app.sip.registration import Registration, TrunkRegistrations
+from app.sip.sdp import SipRequest, parse_request
+from app.sip.security import SecurityPolicy
 from app.sip.transfer import CallTransfer
+
+if TYPE_CHECKING:
+    from app.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +135,31 @@ class _Account(pj.Account):
         except Exception:
             log.exception("incoming call handling failed")
 
+    def onIncomingSubscribe(self, prm: pj.OnIncomingSubscribeParam) -> None:
+        """Presence is off: a SUBSCRIBE would otherwise be accepted by PJSIP's presence."""
+        prm.code = 403
+        prm.reason = "Presence not available"
+
+
+class _TrunkAccount(_Account):
+    """A registered trunk's account: its calls go the main account's way; the outcome of
+    each REGISTER goes to the agent's `TrunkRegistrations`."""
+
+    def __init__(self, agent: SipAgent, trunks: TrunkRegistrations, trunk: Registration) -> None:
+        super().__init__(agent)
+        self._trunks = trunks
+        self._trunk = trunk
+
+    def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:
+        log.debug("incoming call on trunk account %s", self._trunk.name)
+        super().onIncomingCall(prm)
+
+    def onRegState(self, prm: pj.OnRegStateParam) -> None:
+        try:
+            self._trunks.on_reg_state(self._trunk, prm.code, prm.reason, prm.expiration)
+        except Exception:
+            log.exception("registration %s: state handling failed", self._trunk.name)
+
 
 class SipAgent:
     """Answers inbound calls per `Admission` and runs a call core for each accepted one."""
@@ -137,11 +172,22 @@ class SipAgent:
         bus: EventBus,
         pjsip_log_level: int = 2,
         heartbeat: Callable[[], None] | None = None,
+        edge: EdgeFilter | None = None,
+        metrics: Metrics | None = None,
+        registrations: Sequence[Registration] = (),
     ) -> None:
         """`heartbeat`, when given, is called on every turn of the SIP loop (every ~10 ms
-        while it is healthy): a watchdog fed from it notices a hung loop. It must be cheap."""
+        while it is healthy): a watchdog fed from it notices a hung loop. It must be cheap.
+        `metrics` counts rejections (and SIP responses) for /metrics. `registrations`: trunks
+        to REGISTER with (see `app.sip.registration`); their calls are handled like any."""
         self._config = config
+        self._trunks = TrunkRegistrations(registrations, self.post)
+        self._metrics = metrics
         self._heartbeat = heartbeat
+        self._edge = edge
+        # no edge: an agent embedded without a security policy (tests, tools) transfers freely
+        self._policy = edge.policy if edge is not None else SecurityPolicy(transfer_allow=("*",))
+        self._digest = DigestAuthenticator()
         self._admission = admission_factory(self.active_call_count)
         self._session_factory = session_factory
         self._bus = bus
@@ -181,6 +227,16 @@ class SipAgent:
         if self._thread.is_alive():
             log.error("SIP loop did not stop within %.0f s", timeout + 5.0)
 
+    def begin_drain(self) -> None:
+        """Refuse new calls from now on (503 with Retry-After) while calls in progress go on
+        and the loop keeps serving them; `stop()` later hangs up whatever is left. Any
+        thread: it only sets the flag admission reads."""
+        self._admission.drain()
+
+    @property
+    def draining(self) -> bool:
+        return self._admission.draining
+
     def post(self, command: Callable[[], None]) -> None:
         """Run `command` on the SIP loop thread (the only thread that may call pjsua2)."""
         self._commands.put(command)
@@ -195,6 +251,11 @@ class SipAgent:
                 and not call.record.rejected
                 and not call.record.disconnected
             )
+
+    def registration_status(self) -> dict[str, dict[str, object]]:
+        """Per trunk name: {"registered": bool, "code": int, "expires": int} (a copy, any
+        thread), for readiness and metrics."""
+        return self._trunks.status()
 
     # ----------------------------------------------------------------- loop thread
 
@@ -230,6 +291,7 @@ class SipAgent:
 
     def _create_endpoint(self) -> None:
         cfg = self._config
+        _check_secure_setup(cfg, self._trunks.registrations)  # clear errors, before PJSIP's
         ep = pj.Endpoint()
         self._endpoint = ep
         ep.libCreate()
@@ -263,9 +325,11 @@ class SipAgent:
             )
 
         bound = "" if cfg.bind in ("", "0.0.0.0") else cfg.bind
+        transports: dict[str, int] = {}  # "udp"/"tcp"/"tls" -> PJSIP transport id
         for kind, port in (
             (pj.PJSIP_TRANSPORT_UDP, cfg.udp_port),
             (pj.PJSIP_TRANSPORT_TCP, cfg.tcp_port),
+            (pj.PJSIP_TRANSPORT_TLS, cfg.tls_port),
         ):
             if not port:
                 continue
@@ -274,14 +338,17 @@ class SipAgent:
             tcfg.boundAddress = bound
             if cfg.public_address:
                 tcfg.publicAddress = cfg.public_address
+            if kind == pj.PJSIP_TRANSPORT_TLS:
+                tcfg.tlsConfig = _tls_config(cfg)
+            name = {pj.PJSIP_TRANSPORT_UDP: "udp", pj.PJSIP_TRANSPORT_TCP: "tcp"}.get(kind, "tls")
             try:
-                ep.transportCreate(kind, tcfg)
+                transports[name] = ep.transportCreate(kind, tcfg)
             except pj.Error as exc:
-                name = "UDP" if kind == pj.PJSIP_TRANSPORT_UDP else "TCP"
                 raise SipAgentError(
-                    f"cannot listen on SIP {name} {cfg.bind}:{port}: {exc.info()}"
+                    f"cannot listen on SIP {name.upper()} {cfg.bind}:{port}: {exc.info()}"
                 ) from None
         ep.libStart()
+        self._install_edge(ep, bound)
         ep.audDevManager().setNullDev()  # no sound card: the conference bridge runs on a clock
         for codec in ep.codecEnum2():
             ep.codecSetPriority(codec.codecId, 0)
@@ -291,19 +358,42 @@ class SipAgent:
         acc_cfg = pj.AccountConfig()
         host = cfg.public_address or bound or "127.0.0.1"
         acc_cfg.idUri = f"sip:switchboard@{host}"
+        # features a voice bot does not use are attack surface: presence, ICE/STUN/TURN
+        acc_cfg.presConfig.publishEnabled = False
+        acc_cfg.natConfig.iceEnabled = False
+        acc_cfg.natConfig.turnEnabled = False
+        acc_cfg.natConfig.sipStunUse = pj.PJSUA_STUN_USE_DISABLED
+        acc_cfg.natConfig.mediaStunUse = pj.PJSUA_STUN_USE_DISABLED
+        acc_cfg.videoConfig.autoTransmitOutgoing = False
+        acc_cfg.videoConfig.autoShowIncoming = False
         rtp = acc_cfg.mediaConfig.transportConfig
         rtp.port = cfg.rtp_port
         rtp.portRange = cfg.rtp_port_count
         rtp.boundAddress = bound
         if cfg.public_address:
             rtp.publicAddress = cfg.public_address
+        _configure_srtp(acc_cfg.mediaConfig, cfg.srtp)
         self._account = _Account(self)
         self._account.create(acc_cfg, True)
+
+        def trunk_config(registration: Registration) -> pj.AccountConfig:
+            """The trunk's registration settings, with the main account's media and NAT."""
+            tid = transports[registration.transport]
+            trunk = registration.account_config(tid, ep.transportGetInfo(tid).localName)
+            trunk.mediaConfig = acc_cfg.mediaConfig
+            trunk.natConfig = acc_cfg.natConfig
+            trunk.presConfig = acc_cfg.presConfig
+            trunk.videoConfig = acc_cfg.videoConfig
+            return trunk
+
+        self._trunks.start(trunk_config, lambda trunk: _TrunkAccount(self, self._trunks, trunk))
         log.info(
-            "SIP listening on %s udp:%s tcp:%s, RTP %d-%d, codecs %s",
+            "SIP listening on %s udp:%s tcp:%s tls:%s (srtp %s), RTP %d-%d, codecs %s",
             cfg.bind,
             cfg.udp_port or "off",
             cfg.tcp_port or "off",
+            cfg.tls_port or "off",
+            cfg.srtp,
             cfg.rtp_port,
             cfg.rtp_port + cfg.rtp_port_count - 1,
             ",".join(cfg.codecs),
@@ -314,6 +404,7 @@ class SipAgent:
             self._drop_transfer(call, "SIP agent stopped")
         with self._lock:
             self._calls.clear()
+        self._trunks.close()  # unregisters while the endpoint is still there
         self._account = None
         if self._endpoint is not None:
             self._ports.close()
@@ -398,10 +489,12 @@ class SipAgent:
         )
         try:
             request = parse_request(prm.rdata.wholeMsg)
-            decision = self._admission.decide(request)
+            decision = self._authenticate(request, record) or self._admission.decide(request)
         except ValueError as exc:
             log.warning("malformed INVITE from %s: %s", record.source, exc)
             decision = Decision(400, "Bad Request")
+        if decision.accepted:
+            decision = self._peer_capacity(record, decision)
         record.dialled = decision.dialled
         call.record = record
         if not decision.accepted:
@@ -427,6 +520,7 @@ class SipAgent:
             return
         op = pj.CallOpParam()
         op.statusCode = 200
+        op.opt.videoCount = 0  # audio only, whatever the offer
         call.answer(op)
         log.info(
             "call %s from %s to %s -> dialplan %s",
@@ -434,7 +528,81 @@ class SipAgent:
             record.from_uri,
             record.dialled,
             record.dialplan,
+            extra={"call_id": record.call_id},
         )
+
+    def _authenticate(self, request: SipRequest, record: CallRecord) -> Decision | None:
+        """Which peer sent this INVITE; for a peer with credentials, a 401 challenge until it
+        proves them (None: go on to admission)."""
+        ip, _, port = record.source.rpartition(":")
+        ip = ip.strip("[]")
+        peer = self._policy.peer_for(ip)
+        record.peer = peer.name if peer is not None else ""
+        if peer is None or not peer.username:
+            return None
+        result = self._digest.verify(
+            request.headers.get("authorization", ""), "INVITE", peer.username, peer.password
+        )
+        if result == "ok":
+            return None
+        if result == "failed":
+            self._policy.events.event(
+                "auth_failed", ip, int(port) if port.isdigit() else 0, peer=peer.name
+            )
+        challenge = self._digest.challenge(stale=result == "stale")
+        return Decision(401, "Unauthorized", headers=(challenge,))
+
+    def _peer_capacity(self, record: CallRecord, decision: Decision) -> Decision:
+        """503 when the calling peer is at its own cap (`max_calls` of its [[peer]])."""
+        peer = next((p for p in self._policy.peers if p.name == record.peer), None)
+        if peer is None or not peer.max_calls:
+            return decision
+        with self._lock:
+            active = sum(
+                1
+                for call in self._calls.values()
+                if call.record is not None
+                and call.record.peer == peer.name
+                and not call.record.rejected
+                and not call.record.disconnected
+                and call.record is not record
+            )
+        if active < peer.max_calls:
+            return decision
+        retry = (("Retry-After", str(self._config.retry_after_s)),)
+        return Decision(503, "Service Unavailable", decision.dialled, headers=retry)
+
+    def _install_edge(self, ep: pj.Endpoint, bound: str) -> None:
+        """The edge filter before PJSIP's transaction layer (see `app.sip.edge`). Without it
+        an ACL cannot be enforced, so then the agent refuses to start."""
+        if self._edge is None:
+            return
+        problem = self._edge.install(lambda: ep.libHandleEvents(10), bound, self._config.udp_port)
+        if problem is None:
+            log.info("SIP edge: %s", self._policy.describe())
+        elif self._policy.open:
+            log.warning(
+                "SIP edge filter unavailable (%s): no flood limit, no UA blocklist", problem
+            )
+        else:
+            raise SipAgentError(
+                f"SIP edge filter unavailable, cannot enforce the peer ACL: {problem}"
+            )
+
+    def on_transfer_request(self, call: SipCall, prm: pj.OnCallTransferRequestParam) -> None:
+        """A REFER from the far end: followed only to an allowlisted target (403 otherwise),
+        and never by PJSIP dialling on its own: the bot is not a phone that follows REFERs."""
+        record = call.record
+        target = prm.dstUri
+        allowed = self._policy.transfer_allowed(target)
+        if not allowed and record is not None:
+            ip, _, port = record.source.rpartition(":")
+            self._policy.events.event(
+                "refer_denied", ip.strip("[]"), int(port) if port.isdigit() else 0, target=target
+            )
+        # even an allowed target is not dialled by PJSIP from here: a REFER asks the bot to
+        # leave the call, which a dialplan decides; refuse it so the caller's side keeps it
+        prm.statusCode = 403
 
     def _reject(self, call: SipCall, decision: Decision) -> None:
         record = call.record
@@ -456,7 +624,11 @@ class SipAgent:
             record.dialled,
             decision.status,
             decision.reason,
+            extra={"call_id": record.call_id},
         )
+        if self._metrics is not None:
+            draining = decision.status == 503 and self.draining
+            self._metrics.rejected("draining" if draining else rejection_reason(decision.status))
         self._bus.publish(record.started_event())
         self._bus.publish(
             CallEnded(
@@ -467,7 +639,10 @@ class SipAgent:
                 "system",
             )
         )
-        call.hangup(op)
+        # answer(), not hangup(): inside onIncomingCall PJSIP defers both, and its deferred
+        # hangup sends the final response WITHOUT our headers (Retry-After, a challenge)
+        # while a deferred answer keeps them (pjsua_call.c process_pending_call_hangup).
+        call.answer(op)
 
     def on_call_media_state(self, call: SipCall) -> None:
         if call.handle is None or call.record is None:
@@ -522,7 +697,14 @@ class SipAgent:
                 )
             )
             extras = "".join(f", {key} {value}" for key, value in record.extras.items())
-            log.info("call %s ended (%s, by %s%s)", record.call_id, cause, record.hangup_by, extras)
+            log.info(
+                "call %s ended (%s, by %s%s)",
+                record.call_id,
+                cause,
+                record.hangup_by,
+                extras,
+                extra={"call_id": record.call_id},
+            )
             if call.info_refusals > 1:
                 log.info("call %s: %d INFO requests refused", record.call_id, call.info_refusals)
 
@@ -543,7 +725,7 @@ class SipAgent:
             return
         if transfer is not None and transfer.succeeded:
             return  # transferred: the call core is done with this call
-        log.debug("call %s: DTMF %s (%s)", record.call_id, key, via)
+        log.debug("call %s: DTMF %s (%s)", record.call_id, sensitive(key), via)
         handle.push_dtmf(key)
 
     def on_call_tsx_state(self, call: SipCall, prm: pj.OnCallTsxStateParam) -> None:
@@ -569,6 +751,12 @@ class SipAgent:
         """`CallContext.transfer` for the call PJSIP knows as `key` (worker thread, blocks)."""
         if threading.current_thread() is self._thread:
             raise RuntimeError("transfer() blocks: call it from the call's worker thread")
+        if not self._policy.transfer_allowed(target):
+            return TransferOutcome(
+                ok=False,
+                status=403,
+                error=f"transfer target {target} is not on the allowlist ([transfer] allow)",
+            )
         transfer = CallTransfer(target, fallback, timeout_s, hangup=self._hangup, post=self.post)
         if self._stop_requested.is_set() or self._stopped.is_set():
             return TransferOutcome(ok=False, error="SIP agent stopping")
@@ -618,3 +806,70 @@ def _disposition_for(status: int) -> str:
     if status in (486, 503, 600):
         return "BUSY"
     return "FAILED"
+
+
+_SRTP_USE = {
+    "off": pj.PJMEDIA_SRTP_DISABLED,
+    "optional": pj.PJMEDIA_SRTP_OPTIONAL,
+    "mandatory": pj.PJMEDIA_SRTP_MANDATORY,
+}
+
+
+def _configure_srtp(media: pj.AccountMediaConfig, mode: str) -> None:
+    """SRTP per `sip.srtp`, keyed by SDES (a=crypto) only: DTLS-SRTP is not offered.
+
+    "optional" takes keys whatever the SIP transport, so SRTP works over UDP too (the keys are
+    then readable on the wire: it only stops passive RTP capture); "mandatory" takes them only
+    over a secure hop (TLS; secure signalling level 1) and refuses an offer without them.
+    """
+    media.srtpUse = _SRTP_USE[mode]
+    media.srtpSecureSignaling = 1 if mode == "mandatory" else 0
+    keyings = pj.IntVector()
+    keyings.append(pj.PJMEDIA_SRTP_KEYING_SDES)
+    media.srtpOpt.keyings = keyings
+
+
+def _tls_config(cfg: SipConfig) -> pj.TlsConfig:
+    """TLS 1.2 and newer (the pjsua2 wheel's OpenSSL 1.0.2 has no 1.3: 1.2 only there), our
+    certificate; peers are verified against `tls_ca` when it is set (mutual TLS inbound)."""
+    tls = pj.TlsConfig()
+    tls.certFile = cfg.tls_cert
+    tls.privKeyFile = cfg.tls_key
+    tls.method = pj.PJSIP_TLSV1_2_METHOD
+    tls.proto = pj.PJ_SSL_SOCK_PROTO_TLS1_2 | pj.PJ_SSL_SOCK_PROTO_TLS1_3  # overrides method
+    # With no CA list PJSIP logs "Error reading CA certificates from buffer" on every TLS
+    # connection; our own certificate as the list silences that and verifies nothing more.
+    tls.CaListFile = cfg.tls_ca or cfg.tls_cert
+    if cfg.tls_ca:
+        tls.verifyClient = True
+        tls.requireClientCert = True  # without it a client that sends no certificate passes
+        tls.verifyServer = True  # our outbound TLS (trunk registration, transfers) too
+    return tls
+
+
+def _check_secure_setup(cfg: SipConfig, registrations: Sequence[Registration]) -> None:
+    """Refuse to start with a message naming the file or setting, rather than PJSIP's code."""
+    if cfg.tls_port:
+        if not (cfg.tls_cert and cfg.tls_key):
+            raise SipAgentError("sip.tls_port is set: sip.tls_cert and sip.tls_key are needed")
+        _check_pem("sip.tls_cert", cfg.tls_cert, b"CERTIFICATE-----")
+        _check_pem("sip.tls_key", cfg.tls_key, b"PRIVATE KEY-----")
+        if cfg.tls_ca:
+            _check_pem("sip.tls_ca", cfg.tls_ca, b"CERTIFICATE-----")
+    ports = {"udp": cfg.udp_port, "tcp": cfg.tcp_port, "tls": cfg.tls_port}
+    for registration in registrations:
+        if not ports[registration.transport]:
+            raise SipAgentError(
+                f"registration {registration.name} uses {registration.transport.upper()}, "
+                f"but sip.{registration.transport}_port is 0"
+            )
+
+
+def _check_pem(setting: str, path: str, marker: bytes) -> None:
+    try:
+        text = Path(path).read_bytes()
+    except OSError as exc:
+        raise SipAgentError(f"{setting}: cannot read {path}: {exc.strerror}") from None
+    if b"-----BEGIN " not in text or marker not in text:
+        kind = marker.decode().strip("-").lower()
+        raise SipAgentError(f"{setting}: {path} holds no PEM {kind}")

@@ -430,16 +430,19 @@ def _peer(raw: Any, where: str, environ: Mapping[str, str]) -> Peer:
         transport = raw.get("register_transport", "udp")
         if transport not in ("udp", "tcp", "tls"):
             raise SecurityConfigError(f"{where} register_transport: udp, tcp or tls")
-        registration = Registration(
-            name=name,
-            registrar=str(raw["register"]),
-            username=username,
-            password=password,
-            realm=str(raw.get("realm", "*")),
-            expires_s=_number(raw, "expires_s", 300, where, int),
-            retry_s=_number(raw, "retry_s", 30, where, int),
-            transport=transport,
-        )
+        try:
+            registration = Registration(
+                name=name,
+                registrar=str(raw["register"]),
+                username=username,
+                password=password,
+                realm=str(raw.get("realm", "*")),
+                expires_s=_number(raw, "expires_s", 300, where, int),
+                retry_s=_number(raw, "retry_s", 30, where, int),
+                transport=transport,
+            )
+        except ValueError as exc:
+            raise SecurityConfigError(f"{where}: {exc}") from None
     return Peer(
         name=name,
         networks=tuple(networks),
