@@ -14,7 +14,6 @@ buffer, endpointing, streaming) delivers the same result as the engine does offl
 from __future__ import annotations
 
 import difflib
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -209,21 +208,8 @@ def test_busy_server_is_503_and_live_state_shows_the_call(
     server: ServerProcess, backend: Backend, redis_url: str, tmp_path: Path
 ) -> None:
     """max_calls is 1: a second caller is turned away while the first is on the line."""
-    first: list[sipp.SippResult] = []
-    holder = threading.Thread(
-        target=lambda: first.append(
-            sipp.speech_call(HOST, server.port, None, wait_s=6, bye_from="caller",
-                             workdir=tmp_path / "first")
-        )
-    )  # fmt: skip
     mark = len(server.log)
-    holder.start()
-    try:
-        deadline = time.monotonic() + 10
-        while " -> dialplan " not in server.log[mark:]:
-            assert time.monotonic() < deadline, "first call never reached the server"
-            time.sleep(0.1)
-        time.sleep(0.5)  # answered and confirmed
+    with sipp.call_in_progress(HOST, server.port, lambda: server.log, tmp_path / "first"):
         busy = sipp.expect_status(HOST, server.port, 503, workdir=tmp_path / "second")
         assert busy.ok, busy.describe()
         if backend.name == "postgres+redis":
@@ -235,9 +221,6 @@ def test_busy_server_is_503_and_live_state_shows_the_call(
             call_id = call_id_from(server.log, mark)
             mine = [c for c in active if c.call_id == call_id]
             assert mine and mine[0].dialplan == "demo", active
-    finally:
-        holder.join(30)
-    assert first and first[0].ok, first[0].describe() if first else "first call did not finish"
     rejected = backend.call(call_id_from_rejection(server.log, mark))
     assert rejected["disposition"] == "BUSY"
     assert rejected["hangup_cause"].startswith("503")

@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import socket
-import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -358,27 +356,11 @@ def test_scanner_user_agent_is_dropped(guarded_server: ServerProcess) -> None:
 def test_peer_over_its_cap_gets_503_with_retry_after(
     guarded_server: ServerProcess, tmp_path: Path
 ) -> None:
-    first: list[sipp.SippResult] = []
-    holder = threading.Thread(
-        target=lambda: first.append(
-            sipp.speech_call(HOST, guarded_server.port, None, wait_s=5, bye_from="caller",
-                             workdir=tmp_path / "first")
-        )
-    )  # fmt: skip
-    mark = len(guarded_server.log)
-    holder.start()
-    try:
-        deadline = time.monotonic() + 10
-        while " -> dialplan " not in guarded_server.log[mark:]:
-            assert time.monotonic() < deadline, "first call never reached the server"
-            time.sleep(0.1)
-        time.sleep(0.5)
+    log = lambda: guarded_server.log  # noqa: E731
+    with sipp.call_in_progress(HOST, guarded_server.port, log, tmp_path / "first", hold_s=5):
         busy = sipp.expect_status(HOST, guarded_server.port, 503, workdir=tmp_path / "second")
         assert busy.ok, busy.describe()
         assert "Retry-After: 30" in busy.message_log.read_text()
-    finally:
-        holder.join(30)
-    assert first and first[0].ok, first[0].describe() if first else "first call did not finish"
 
 
 def auth_refer_call(server: ServerProcess, workdir: Path, password: str) -> sipp.SippResult:

@@ -710,12 +710,14 @@ def test_server_survives_the_torture(
             f"OPTIONS over {transport}: {code} in {seconds:.2f} s"
         )
 
-    digits = "8145"
+    # Five digits: sipp's bursty replay can cost the bot one (see test_e2e_sip), and four still
+    # meet the demo's min_digits, so the bot reads them back and hangs up without reprompting.
+    digits = "81453"
     speech = build_digit_utterance(shared_data, SPEAKER, digits, seed=int(digits))
     pcap = write_rtp_pcap(silence(PROMPTS_MS) + speech + silence(1000), tmp_path / "caller.pcap")
     mark = len(server.log)
     result = sipp.speech_call(
-        HOST, server.port, pcap, wait_s=40, bye_from="server", workdir=tmp_path / "sipp"
+        HOST, server.port, pcap, wait_s=30, bye_from="server", workdir=tmp_path / "sipp"
     )
     replay.call_s = result.duration_s
     assert result.ok, result.describe()

@@ -18,8 +18,10 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -475,3 +477,30 @@ def transfer_call(
         timeout_s=timeout_s or refer_wait_s + wait_s + 15,
         extra_args=["-rtp_echo"] if rtp_echo else (),
     )  # fmt: skip
+
+
+@contextmanager
+def call_in_progress(
+    host: str, port: int, server_log: Callable[[], str], workdir: Path, hold_s: float = 6.0
+) -> Iterator[None]:
+    """A silent call that stays up `hold_s` (the caller hangs up); the body runs once the
+    server has taken it (its "-> dialplan" log line, then 0.5 s for the ACK). On exit the
+    call must have gone as scripted."""
+    result: list[SippResult] = []
+    holder = threading.Thread(
+        target=lambda: result.append(
+            speech_call(host, port, None, wait_s=hold_s, bye_from="caller", workdir=workdir)
+        )
+    )
+    mark = len(server_log())
+    holder.start()
+    try:
+        deadline = time.monotonic() + 10
+        while " -> dialplan " not in server_log()[mark:]:
+            assert time.monotonic() < deadline, "the held call never reached the server"
+            time.sleep(0.1)
+        time.sleep(0.5)  # answered and confirmed
+        yield
+    finally:
+        holder.join(hold_s + 25)
+    assert result and result[0].ok, result[0].describe() if result else "held call did not end"
