@@ -43,7 +43,7 @@ from app.sip.info import on_info_transaction
 from app.sip.port import FrameSink, PortPool
 from app.sip.registration import Registration, TrunkRegistrations
 from app.sip.sdp import SipRequest, parse_request
-from app.sip.security import SecurityPolicy
+from app.sip.security import SecurityPolicy, split_source
 from app.sip.transfer import CallTransfer
 
 if TYPE_CHECKING:
@@ -534,8 +534,7 @@ class SipAgent:
     def _authenticate(self, request: SipRequest, record: CallRecord) -> Decision | None:
         """Which peer sent this INVITE; for a peer with credentials, a 401 challenge until it
         proves them (None: go on to admission)."""
-        ip, _, port = record.source.rpartition(":")
-        ip = ip.strip("[]")
+        ip, port = split_source(record.source)
         peer = self._policy.peer_for(ip)
         record.peer = peer.name if peer is not None else ""
         if peer is None or not peer.username:
@@ -546,9 +545,7 @@ class SipAgent:
         if result == "ok":
             return None
         if result == "failed":
-            self._policy.events.event(
-                "auth_failed", ip, int(port) if port.isdigit() else 0, peer=peer.name
-            )
+            self._policy.events.event("auth_failed", ip, port, peer=peer.name)
         challenge = self._digest.challenge(stale=result == "stale")
         return Decision(401, "Unauthorized", headers=(challenge,))
 
@@ -590,16 +587,13 @@ class SipAgent:
             )
 
     def on_transfer_request(self, call: SipCall, prm: pj.OnCallTransferRequestParam) -> None:
-        """A REFER from the far end: followed only to an allowlisted target (403 otherwise),
-        and never by PJSIP dialling on its own: the bot is not a phone that follows REFERs."""
+        """A REFER from the far end is refused (403), never dialled by PJSIP on its own; one
+        to a target off the `[transfer] allow` list is also a security event (toll fraud)."""
         record = call.record
         target = prm.dstUri
-        allowed = self._policy.transfer_allowed(target)
-        if not allowed and record is not None:
-            ip, _, port = record.source.rpartition(":")
-            self._policy.events.event(
-                "refer_denied", ip.strip("[]"), int(port) if port.isdigit() else 0, target=target
-            )
+        if record is not None and not self._policy.transfer_allowed(target):
+            ip, port = split_source(record.source)
+            self._policy.events.event("refer_denied", ip, port, target=target)
         # even an allowed target is not dialled by PJSIP from here: a REFER asks the bot to
         # leave the call, which a dialplan decides; refuse it so the caller's side keeps it
         prm.statusCode = 403

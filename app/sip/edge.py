@@ -37,7 +37,6 @@ _SWEEP_EVERY_S = 30.0
 
 _RX_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
 _TX_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
-_VOID_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int)
 
 
 class _PjStr(ctypes.Structure):

@@ -282,6 +282,12 @@ class EdgeRequest:
     multipart: bool = False
 
 
+def split_source(source: str) -> tuple[str, int]:
+    """ "203.0.113.5:5060" or "[2001:db8::1]:5060" -> (ip, port); port 0 when absent."""
+    ip, _, port = source.rpartition(":")
+    return ip.strip("[]"), int(port) if port.isdigit() else 0
+
+
 def read_request(ip: str, port: int, message: bytes) -> EdgeRequest | None:
     """Method, User-Agent and whether the To header has a tag, from a raw request (None: not
     a request line PJSIP would accept either; PJSIP deals with it)."""
