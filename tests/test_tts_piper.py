@@ -7,7 +7,7 @@
   `ToneSession`, a stand-in at the model boundary that returns a tone as long as the phoneme
   ids. These test the streaming logic only, not speech.
 - Speech itself needs weights: set SWITCHBOARD_MODELS_DIR to a directory holding
-  `en_US-lessac-medium.onnx` and `en_US-lessac-medium.onnx.json` (rhasspy/piper-voices).
+  `en_US-joe-medium.onnx` and `en_US-joe-medium.onnx.json` (rhasspy/piper-voices).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from app.tts.base import TtsError
 from app.tts.piper import PiperEngine
 from tests.model_files import models_root
 
-PIPER_VOICE = "en_US-lessac-medium"
+PIPER_VOICE = "en_US-joe-medium"
 SAMPLES_PER_ID = 200
 THREE_SENTENCES = "Hello there. Your balance is five dollars! Is that right?"
 
@@ -271,7 +271,7 @@ def test_a_failure_mid_prompt_is_a_tts_error_after_the_audio_so_far(voices: Path
 
 @pytest.fixture(scope="module")
 def real_engine() -> PiperEngine:
-    # the layout `switchboard models pull en_US-lessac-medium` installs: <models>/piper/
+    # the layout `switchboard models pull en_US-joe-medium` installs: <models>/piper/
     root = models_root(f"piper/{PIPER_VOICE}.onnx", f"piper/{PIPER_VOICE}.onnx.json")
     return PiperEngine(root / "piper" / f"{PIPER_VOICE}.onnx", cpu_threads=2)
 
@@ -301,13 +301,14 @@ def test_real_length_scale_slows_speech(real_engine: PiperEngine) -> None:
     assert slow_s > 1.25 * normal_s
 
 
-def test_real_speech_is_recognised_by_vosk(real_engine: PiperEngine) -> None:
-    root = models_root("vosk-model-small-en-us-0.15")
+def test_real_speech_is_recognised_by_whisper(real_engine: PiperEngine) -> None:
+    """Piper's voice, through the call's 8 kHz, is read back exactly by real Whisper weights."""
+    root = models_root("faster-whisper-tiny.en")
     from app.asr.base import RecognitionOptions
     from app.asr.grammars import digits_from_words
-    from app.asr.vosk import VoskEngine
+    from app.asr.whisper import WhisperEngine
 
-    asr = VoskEngine(root / "vosk-model-small-en-us-0.15")
+    asr = WhisperEngine(root / "faster-whisper-tiny.en", cpu_threads=2, partial_interval_s=None)
     pcm = b"".join(real_engine.synthesize("four one seven zero nine two"))
     pcm = resample(pcm, real_engine.sample_rate, CALL_RATE)
     stream = asr.open_stream(RecognitionOptions(grammar="digits"))

@@ -33,6 +33,58 @@ def add_eval_parser(
     sub = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_asr_parser(sub, add_config_option)
     add_calls_parser(sub, add_config_option)
+    _add_digit_strings_parser(sub)
+
+
+def _add_digit_strings_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from app.eval.digit_strings import Spec
+
+    default = Spec()
+    build = sub.add_parser(
+        "digit-strings",
+        help="build a manifest of digit strings (PINs, account numbers) from FSDD recordings",
+        description="One speaker's single-digit clips joined with pauses, as a caller reads "
+        "a number out; 8 kHz WAVs and a manifest.jsonl for `eval asr`.",
+    )
+    build.add_argument("fsdd", type=Path, metavar="FSDD", help="folder with FSDD's manifest.jsonl")
+    build.add_argument("out", type=Path, metavar="OUT", help="folder to write")
+    build.add_argument("--count", type=int, default=default.count, help="strings (default 100)")
+    build.add_argument("--min-digits", type=int, default=default.min_digits)
+    build.add_argument("--max-digits", type=int, default=default.max_digits)
+    build.add_argument("--min-pause-ms", type=int, default=default.min_pause_ms)
+    build.add_argument("--max-pause-ms", type=int, default=default.max_pause_ms)
+    build.add_argument("--seed", type=int, default=default.seed)
+    build.set_defaults(command=run_digit_strings)
+
+
+def run_digit_strings(args: argparse.Namespace) -> int:
+    """The `eval digit-strings` command: write the clips and print the manifest's path."""
+    from app.eval.digit_strings import Spec, build
+
+    spec = Spec(
+        args.count,
+        args.min_digits,
+        args.max_digits,
+        args.min_pause_ms,
+        args.max_pause_ms,
+        args.seed,
+    )
+    if not (
+        spec.count > 0
+        and 0 < spec.min_digits <= spec.max_digits
+        and 0 <= spec.min_pause_ms <= spec.max_pause_ms
+    ):
+        print(
+            "switchboard eval digit-strings: counts and pauses must be positive and ordered",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        print(build(args.fsdd, args.out, spec))
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"switchboard eval digit-strings: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 def _add_asr_parser(
