@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from app.asr.base import RecognitionOptions  # noqa: E402
-from app.asr.grammars import digits_from_words  # noqa: E402
+from app.asr.numbers import spoken_digits  # noqa: E402
 from app.asr.pocketsphinx import PocketSphinxEngine  # noqa: E402
 from app.call.endpointing import Endpointer, SpeechEnded, SpeechStarted  # noqa: E402
 from app.dialog.template import parse_template  # noqa: E402
@@ -106,7 +106,7 @@ def run_turn(turn: Turn, asr: PocketSphinxEngine, tts: EspeakEngine) -> TurnTimi
         t0 = time.perf_counter()
         text = stream.finish().text
         asr_s += time.perf_counter() - t0
-    heard = digits_from_words(text) or ""
+    heard = spoken_digits(text) or ""
 
     t0 = time.perf_counter()
     reply = REPLY.render({"account": heard})

@@ -67,7 +67,7 @@ from rtp_peer import (  # noqa: E402
     rtp_stats,
 )
 
-from app.asr.grammars import digits_from_words  # noqa: E402
+from app.asr.numbers import spoken_digits  # noqa: E402
 from app.config import ConfigError, load_config  # noqa: E402
 from app.media.audio import CALL_RATE, FRAME_MS  # noqa: E402
 from app.media.g711 import Codec  # noqa: E402
@@ -873,7 +873,7 @@ def server_turns(servers: list[Server], results: list[CallResult], turn_rows: li
             said = spoken.get(call, [])
             if index < len(said):
                 total += 1
-                exact += (digits_from_words(transcript or "") or "") == said[index]
+                exact += (spoken_digits(transcript or "") or "") == said[index]
             row = heard.get((call, index))
             if row is None:
                 continue

@@ -22,7 +22,6 @@ from app.asr.grammars import (
     NO_WORDS,
     YES_WORDS,
     choices_grammar,
-    digits_from_words,
     grammar_words,
     phrase_words,
     phrases_grammar,
@@ -32,28 +31,6 @@ from app.asr.pocketsphinx import PocketSphinxEngine
 from app.dialog import slots
 
 TODAY = dt.date(2026, 11, 21)  # a Saturday
-
-
-@pytest.mark.parametrize(
-    ("text", "digits"),
-    [
-        ("one two oh", "120"),
-        ("zero nine eight seven six five four three two one", "0987654321"),
-        ("One Two  THREE", "123"),
-        ("uh my number is four four two", "442"),
-        ("1 2 three", "123"),
-        ("", ""),
-        ("yes please", ""),
-    ],
-)
-def test_digits_from_words(text: str, digits: str) -> None:
-    assert digits_from_words(text) == digits
-
-
-@pytest.mark.parametrize("text", ["twenty one", "double five", "one hundred", "triple two"])
-def test_digits_from_words_refuses_numbers_that_are_not_digits(text: str) -> None:
-    with pytest.raises(ValueError, match="not a single digit"):
-        digits_from_words(text)
 
 
 def test_builtin_grammars_cover_their_words() -> None:

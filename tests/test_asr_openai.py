@@ -16,7 +16,6 @@ import pytest
 
 from app.asr.base import AsrError, RecognitionOptions
 from app.asr.openai import TEXT_ONLY_CONFIDENCE, OpenAiSttEngine
-from app.asr.whisper import DIGITS_PROMPT
 from tests.http_backends import JsonBackend, RecordedRequest, Reply, http_date, unused_url
 
 KEY = "sk-test-Zq81secretKEY"
@@ -122,12 +121,9 @@ def test_text_only_answer_has_the_documented_confidence(backend, engine):
             "check balance, pay bill",
         ),
         (RecognitionOptions(grammar="yes_no", extra_phrases=("agent",)), "en", "yes, no, agent"),
-        (RecognitionOptions(grammar="digits"), "en", DIGITS_PROMPT),
-        (
-            RecognitionOptions(grammar="digits", extra_phrases=("agent",)),
-            "en",
-            f"{DIGITS_PROMPT} agent",
-        ),
+        # digits: no prompt at all, it made Whisper drop digits (see app.asr.whisper)
+        (RecognitionOptions(grammar="digits"), "en", None),
+        (RecognitionOptions(grammar="digits", extra_phrases=("agent",)), "en", None),
         (
             RecognitionOptions(jsgf="#JSGF V1.0; grammar g; public <g> = red | blue;"),
             "en",
@@ -160,7 +156,7 @@ def test_options_become_language_and_prompt(backend, engine, options, language, 
     ("said", "heard"),
     [
         ("4170, 92.", "four one seven zero nine two"),
-        ("My number is double 5 oh 3", "five five oh three"),
+        ("My number is double 5 oh 3", "five five zero three"),
         ("I want an agent, please.", "agent"),
     ],
 )

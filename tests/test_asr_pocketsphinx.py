@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from app.asr.base import AsrError, AsrResult, RecognitionOptions
-from app.asr.grammars import NO_WORDS, YES_WORDS, digits_from_words
+from app.asr.grammars import NO_WORDS, YES_WORDS
+from app.asr.numbers import spoken_digits
 from app.asr.pocketsphinx import PocketSphinxEngine
 from app.media.audio import CALL_RATE, frame_bytes
 from app.media.resample import resample
@@ -114,7 +115,7 @@ def test_digit_strings_mixed_speakers(
         result, _ = _recognise(engine, pcm)
         assert result.is_final and result.engine == "pocketsphinx"
         assert 0.0 <= result.confidence <= 1.0
-        heard = digits_from_words(result.text)
+        heard = spoken_digits(result.text)
         exact.setdefault(speaker, []).append(heard == reference)
         confidence[heard == reference].append(result.confidence)
         measures = jiwer.process_words(" ".join(reference), " ".join(heard) or "-")
@@ -144,7 +145,7 @@ def test_single_digits_by_speaker(
         for i, row in enumerate(rng.sample(rows, 25)):
             result, _ = _recognise(engine, _utterance([shared_data / "fsdd" / row["audio"]], i))
             correct.setdefault(speaker, []).append(
-                digits_from_words(result.text) == row["audio"][0]
+                spoken_digits(result.text) == row["audio"][0]
             )
     per = {speaker: sum(v) / len(v) for speaker, v in correct.items()}
     overall = sum(sum(v) for v in correct.values()) / sum(len(v) for v in correct.values())

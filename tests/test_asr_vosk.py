@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from app.asr.base import AsrError, AsrResult, RecognitionOptions
-from app.asr.grammars import NO_WORDS, YES_WORDS, digits_from_words
+from app.asr.grammars import NO_WORDS, YES_WORDS
+from app.asr.numbers import spoken_digits
 from app.asr.vosk import UNKNOWN, VoskEngine, VoskStream, grammar_phrases
 from app.media.audio import CALL_RATE, frame_bytes
 from app.media.g711 import pcm_to_ulaw, ulaw_to_pcm
@@ -274,10 +275,10 @@ def test_real_sentence_over_the_telephone(engine: VoskEngine, shared_data: Path)
 
 def test_real_digit_phrase_under_the_digits_grammar(engine: VoskEngine, shared_data: Path) -> None:
     speech = shared_data / "speech"
-    reference = digits_from_words(_manifest_text(speech, "digits_phrase.wav"))
+    reference = spoken_digits(_manifest_text(speech, "digits_phrase.wav"))
     pcm = _telephone(speech / "digits_phrase.wav")
     result, _ = _recognise(engine, pcm, RecognitionOptions(grammar="digits"))
-    heard = digits_from_words(result.text)
+    heard = spoken_digits(result.text)
     errors = jiwer.process_words(" ".join(reference), " ".join(heard) or "-")
     rate = (errors.substitutions + errors.deletions + errors.insertions) / len(reference)
     print(f"\nvosk digits: {result.text!r} -> {heard} (digit error rate {rate:.0%})")
@@ -304,7 +305,7 @@ def test_real_fsdd_digit_strings(
             parts += [clip - clip.mean(), noise.normal(0, 10, int(CALL_RATE * 0.3))]
         pcm = np.clip(np.concatenate(parts), -32768, 32767).astype("<i2").tobytes()
         result, _ = _recognise(engine, pcm, RecognitionOptions(grammar="digits"))
-        exact += digits_from_words(result.text) == "".join(row["audio"][0] for row in rows)
+        exact += spoken_digits(result.text) == "".join(row["audio"][0] for row in rows)
     print(f"\nvosk FSDD 4-digit strings exact: {exact}/{strings}")
     assert exact >= strings // 4
 

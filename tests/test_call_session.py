@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app.asr.grammars import digits_from_words
+from app.asr.numbers import spoken_digits
 from app.asr.pocketsphinx import PocketSphinxEngine
 from app.call.events import EventBus, StepEntered, TurnCompleted
 from app.call.session import CallSession, SessionConfig
@@ -66,7 +66,7 @@ def test_demo_reads_back_spoken_account_number(asr, tts, shared_data: Path, digi
     steps = [e.step for e in events if isinstance(e, StepEntered)]
     assert steps == ["greet", "ask_account", "confirm", "goodbye", "end"]
     (turn,) = [e for e in events if isinstance(e, TurnCompleted)]
-    assert digits_from_words(turn.transcript) == digits
+    assert spoken_digits(turn.transcript) == digits
     assert turn.grammar == "digits" and 0.0 < turn.confidence <= 1.0
     assert turn.speech_end_at < turn.asr_final_at < turn.first_audio_at
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app.asr.grammars import digits_from_words
+from app.asr.numbers import spoken_digits
 from app.asr.pocketsphinx import PocketSphinxEngine
 from app.call.bargein import BargeInConfig
 from app.call.events import EventBus, TurnCompleted
@@ -122,7 +122,7 @@ def test_digits_with_half_second_pauses_are_one_answer(
         tmp_path, asr, tts, line, prompt="Your code?", min_digits=4, max_digits=12
     )
     assert len(turns) == 1, turns  # one answer, not a reprompt after the first digit
-    heard = digits_from_words(turns[0].transcript)
+    heard = spoken_digits(turns[0].transcript)
     # All four digits are in the one answer (the recogniser may add one: its accuracy on FSDD
     # is not what this test measures; jackson's 9075 is recognised exactly).
     assert len(heard) >= 4 and heard[0] == digits[0] and heard[-1] == digits[-1], turns[0]
@@ -140,7 +140,7 @@ def test_without_adaptive_silence_the_same_reading_is_cut_off(
     _, turns = run_call(
         tmp_path, asr, tts, line, prompt="Your code?", min_digits=4, max_digits=12, config=flat
     )
-    assert turns and len(digits_from_words(turns[0].transcript)) < 4, turns
+    assert turns and len(spoken_digits(turns[0].transcript)) < 4, turns
 
 
 # ----------------------------------------------------------------------------- barge-in
@@ -162,7 +162,7 @@ def test_caller_talking_over_a_long_prompt_stops_it_and_is_recognised(
     assert played_ms < prompt_ms(tts, LONG_PROMPT) / 2  # the rest was dropped, not played
     assert session.barge_ins == 1
     assert len(turns) == 1 and turns[0].barge_in
-    assert digits_from_words(turns[0].transcript) == "9075", turns[0]  # first digit kept
+    assert spoken_digits(turns[0].transcript) == "9075", turns[0]  # first digit kept
 
 
 def test_barge_in_off_plays_the_prompt_to_the_end(

@@ -34,8 +34,9 @@ TODAY = dt.date(2026, 11, 21)  # a Saturday
         ("oh one two", "012"),
         ("uh my number is four four two", "442"),
         ("4 4 2", "442"),
-        ("twenty one", None),  # not single digits: ask again rather than guess
-        ("double five", None),
+        ("twenty one", "21"),  # callers group digits as they like (app.asr.numbers)
+        ("double five", "55"),
+        ("599-341", "599341"),
         ("yes please", None),
         ("", None),
     ],

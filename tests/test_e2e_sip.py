@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from app.asr.grammars import digits_from_words
+from app.asr.numbers import spoken_digits
 from app.dialog.template import parse_template
 from app.media.resample import resample
 from app.state.redis import RedisState
@@ -137,7 +137,7 @@ def assert_recorded(backend: Backend, call_id: str, digits: str, codec: str) -> 
     turns = backend.turns(call_id)
     assert len(turns) == 1, turns
     turn = turns[0]
-    assert digits_from_words(turn["transcript"]) == digits, turn
+    assert spoken_digits(turn["transcript"]) == digits, turn
     assert turn["grammar"] == "digits" and turn["engine"] == "pocketsphinx"
     assert turn["speech_end_at"] <= turn["asr_final_at"] <= turn["first_audio_at"]
     return turn
@@ -167,7 +167,7 @@ def test_sipp_caller_says_account_number(
     assert call["disposition"] == "ANSWERED" and call["codec"] == codec
     assert call["hangup_by"] == "bot" and call["billsec"] > 10
     first = backend.turns(call_id)[0]
-    heard = digits_from_words(first["transcript"])
+    heard = spoken_digits(first["transcript"])
     matcher = difflib.SequenceMatcher(a=digits, b=heard)
     assert heard and matcher.ratio() >= 0.75, first  # one digit lost, added or changed at most
     assert first["grammar"] == "digits" and first["engine"] == "pocketsphinx"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from app.asr.grammars import digits_from_words
+from app.asr.numbers import spoken_digits
 from app.call.events import EventBus
 from app.config import SipConfig
 from app.dialog.template import parse_template
@@ -257,7 +257,7 @@ def test_srtp_call_over_tls_understood_both_ways(
     call_id = mandatory_server.call_id_after(mark)
     call, turns = mandatory_server.call_record(call_id)
     assert call["disposition"] == "ANSWERED" and call["hangup_by"] == "bot", call
-    assert len(turns) == 1 and digits_from_words(turns[0]["transcript"]) == digits, turns
+    assert len(turns) == 1 and spoken_digits(turns[0]["transcript"]) == digits, turns
 
 
 @pytest.mark.parametrize(

@@ -305,7 +305,7 @@ def test_real_speech_is_recognised_by_whisper(real_engine: PiperEngine) -> None:
     """Piper's voice, through the call's 8 kHz, is read back exactly by real Whisper weights."""
     root = models_root("faster-whisper-tiny.en")
     from app.asr.base import RecognitionOptions
-    from app.asr.grammars import digits_from_words
+    from app.asr.numbers import spoken_digits
     from app.asr.whisper import WhisperEngine
 
     asr = WhisperEngine(root / "faster-whisper-tiny.en", cpu_threads=2, partial_interval_s=None)
@@ -314,4 +314,4 @@ def test_real_speech_is_recognised_by_whisper(real_engine: PiperEngine) -> None:
     stream = asr.open_stream(RecognitionOptions(grammar="digits"))
     for start in range(0, len(pcm), 320):
         stream.feed(pcm[start : start + 320])
-    assert digits_from_words(stream.finish().text) == "417092"
+    assert spoken_digits(stream.finish().text) == "417092"

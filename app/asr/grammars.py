@@ -1,4 +1,4 @@
-"""Built-in grammars, phrase-list grammars, and the word-to-digit helper the dialogue uses.
+"""Built-in grammars, phrase-list grammars, and the number vocabularies they share.
 
 Grammars are written here once as JSGF so every engine that takes constraints words a question
 the same way. Engine-neutral: nothing here imports a recogniser.
@@ -33,13 +33,7 @@ DIGIT_WORDS: dict[str, str] = {
 YES_WORDS = ("yes", "yeah", "yep", "yup", "correct", "right", "sure", "affirmative")
 NO_WORDS = ("no", "nope", "nah", "wrong", "incorrect", "negative")
 
-# Number words that change the value but are not one digit each: reading past them silently
-# would fill a variable with the wrong digits, so `digits_from_words` refuses them.
 _TEENS = ("ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen")
-_TENS = ("eighteen", "nineteen", "twenty", "thirty", "forty", "fifty", "sixty", "seventy")
-_NON_DIGIT_NUMBERS = frozenset(
-    (*_TEENS, *_TENS, "eighty", "ninety", "hundred", "thousand", "million", "double", "triple")
-)
 
 _SPOKEN_DIGITS = (
     "zero",
@@ -215,25 +209,6 @@ BUILTIN_GRAMMARS: dict[str, str] = {
 
 _TOKEN = re.compile(r"[a-z0-9']+")
 _EDGE_PUNCTUATION = '.,;:!?"()[]{}'
-
-
-def digits_from_words(text: str) -> str:
-    """'one two oh' -> '120'.
-
-    Numerals pass through ("1 2" -> "12"); words that are not numbers ("uh", "my", "is") are
-    skipped, so open-vocabulary text works too. Returns '' when no digit was heard. Raises
-    ValueError on number words that are not single digits ("twenty", "double"): a guess there
-    would store a wrong number, and asking again is better.
-    """
-    out = []
-    for token in _TOKEN.findall(text.lower()):
-        if token.isdigit():
-            out.append(token)
-        elif token in DIGIT_WORDS:
-            out.append(DIGIT_WORDS[token])
-        elif token in _NON_DIGIT_NUMBERS:
-            raise ValueError(f"{token!r} in {text!r} is not a single digit")
-    return "".join(out)
 
 
 def phrase_words(phrase: str) -> list[str]:

@@ -11,9 +11,10 @@ more audio after it discards that request's answer and `finish()` sends the long
 Grammars: the API takes none, and only a free-text `prompt` as a hint (Whisper spells words
 the way its prompt does), so a turn's options become a prompt as `app.asr.whisper` words them
 for a local Whisper: the step's `initial_prompt`, then its `hotwords`, phrase lists, extra
-phrases and a JSGF grammar's words as a comma-separated list; the digits grammar leads with a
-prompt written in numerals, and its answer is then normalised to spoken digit words
-("4 1 7" -> "four one seven") with `app.asr.whisper.normalise_digits`.
+phrases and a JSGF grammar's words as a comma-separated list; the digits grammar sends no
+prompt (any prompt made Whisper drop and merge digits, see `app.asr.whisper`), and its answer
+is then normalised to spoken digit words ("4-1-7" -> "four one seven") with
+`app.asr.whisper.normalise_digits`.
 
 Confidence: exp of the duration-weighted mean of verbose_json's per-segment `avg_logprob`,
 as the local Whisper engine computes it. A server that answers only {"text": ...} gives no
@@ -45,7 +46,7 @@ import httpx
 
 from app.asr.base import AsrEngine, AsrError, AsrResult, AsrStream, RecognitionOptions
 from app.asr.grammars import BUILTIN_GRAMMARS, grammar_words, phrase_words
-from app.asr.whisper import DIGITS_PROMPT, normalise_digits
+from app.asr.whisper import normalise_digits
 from app.media.audio import CALL_RATE
 from app.services.openai_http import (
     Failure,
@@ -71,7 +72,7 @@ _LANGUAGE = re.compile(r"[a-z]{2,3}")  # ISO-639-1, and Whisper's few 3-letter c
 @dataclass(frozen=True, slots=True)
 class SttHints:
     """How one turn's `RecognitionOptions` are put to the API: a language and a prompt made of
-    a leading text (the digits prompt, or the step's own) and a list of words to spell."""
+    a leading text (the step's own) and a list of words to spell."""
 
     language: str
     initial_prompt: str | None = None
@@ -119,7 +120,7 @@ def _constraint_hints(options: RecognitionOptions) -> SttHints:
             known = ", ".join(sorted(BUILTIN_GRAMMARS))
             raise AsrError(f"unknown grammar {options.grammar!r} (built-in: {known})")
         if options.grammar == "digits":
-            return SttHints(language, DIGITS_PROMPT, extra, True, extra)
+            return SttHints(language, None, (), True, extra)
         if options.grammar == "yes_no":
             return SttHints(language, hotwords=("yes", "no", *extra))
         return SttHints(language, hotwords=extra)  # number, date, time: numerals, slots read them

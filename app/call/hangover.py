@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.asr.grammars import digits_from_words
+from app.asr.numbers import spoken_digits
 from app.dialog import slots
 from app.dialog.actions import Ask
 
@@ -56,7 +56,7 @@ def answer_state(ask: Ask, partial: str) -> str:
     """ "incomplete", "complete" or "open" (nothing to say either way) for `partial`."""
     words = partial.lower().split()
     if ask.slot == "digits":
-        count = len(digits_from_words(partial))
+        count = len(spoken_digits(partial))
         if ask.max_length is not None:
             # below the maximum a caller may well go on: account numbers are read in groups,
             # and a recogniser that inserted a digit must not end the turn before the last one

@@ -37,8 +37,8 @@ from app.asr.grammars import (
     UNIT_WORDS,
     WEEKDAYS,
     YES_WORDS,
-    digits_from_words,
 )
+from app.asr.numbers import cardinal, spoken_digits
 
 _TOKEN = re.compile(r"[0-9a-z']+")
 _DTMF_DIGITS = re.compile(r"[0-9]+")
@@ -75,68 +75,6 @@ def _keypad(dtmf: str) -> str | None:
 _NUMBER_WORDS = frozenset(
     (*DIGIT_WORDS, *TEEN_WORDS, *TENS_WORDS, "hundred", "thousand", "a", "and")
 )
-
-
-def _below100(words: Sequence[str], i: int) -> tuple[int, int] | None:
-    """A number 1-99 said as words from `words[i]`: (value, index after it)."""
-    if i >= len(words):
-        return None
-    word = words[i]
-    if word in UNIT_WORDS:
-        return UNIT_WORDS[word], i + 1
-    if word in TEEN_WORDS:
-        return TEEN_WORDS[word], i + 1
-    if word in TENS_WORDS:
-        if i + 1 < len(words) and words[i + 1] in UNIT_WORDS:
-            return TENS_WORDS[word] + UNIT_WORDS[words[i + 1]], i + 2
-        return TENS_WORDS[word], i + 1
-    return None
-
-
-def _and_rest(
-    words: Sequence[str], i: int, part: Callable[[Sequence[str], int], tuple[int, int] | None]
-) -> tuple[int, int]:
-    """After "hundred"/"thousand": an optional "and" and a lower part, or nothing."""
-    j = i + 1 if i < len(words) and words[i] == "and" else i
-    rest = part(words, j)
-    return rest if rest is not None else (0, i)
-
-
-def _below1000(words: Sequence[str], i: int) -> tuple[int, int] | None:
-    """1-999: "five", "forty two", "a hundred", "one hundred and five"."""
-    if i + 1 < len(words) and words[i + 1] == "hundred":
-        head = 1 if words[i] == "a" else UNIT_WORDS.get(words[i])
-        if head is not None:
-            rest, end = _and_rest(words, i + 2, _below100)
-            return head * 100 + rest, end
-    return _below100(words, i)
-
-
-def cardinal(words: Sequence[str]) -> int | None:
-    """All of `words` as one cardinal, 0-999999, or None: "two thousand and twenty six"."""
-    words = list(words)
-    if not words:
-        return None
-    if words == ["zero"]:
-        return 0
-    if len(words) == 1 and words[0].isdigit():
-        return int(words[0])
-    if words[0] == "a" and words[1:2] == ["thousand"]:
-        head: tuple[int, int] | None = (1, 1)
-    else:
-        head = _below1000(words, 0)
-    if head is None:
-        return None
-    value, end = head
-    if end < len(words) and words[end] == "thousand":
-        rest, end = _and_rest(words, end + 1, _below1000)
-        value = value * 1000 + rest
-    elif end < len(words) and words[end] == "hundred":
-        if not 10 <= value <= 99:  # "twenty five hundred"; "one hundred" is _below1000's
-            return None
-        rest, end = _and_rest(words, end + 1, _below100)
-        value = value * 100 + rest
-    return value if end == len(words) else None
 
 
 def _digit_string(words: Sequence[str]) -> str | None:
@@ -182,17 +120,15 @@ def digits(
 ) -> str | None:
     """A digit string, leading zeros kept: "oh one two three" or keypad 0123 -> "0123".
 
-    Number words that are not one digit ("twenty", "double") give None: reading them as digits
-    would store a wrong number. None too when the length is outside [min_len, max_len].
+    Spoken forms are read by `app.asr.numbers.spoken_digits`: "double five" is 55, "twenty
+    three" 23, "599-341" 599341, "four one to seven" 4127. None when no digit was said or the
+    length is outside [min_len, max_len].
     """
     _one_input(text, dtmf)
     if dtmf is not None:
         value = _keypad(dtmf)
     elif text is not None:
-        try:
-            value = digits_from_words(text)
-        except ValueError:
-            return None
+        value = spoken_digits(text)
     else:
         return None
     if not value or not value.isdigit():
