@@ -4,7 +4,9 @@ Runs on the call's worker thread. It reads caller frames from the session's inbo
 keys from its `DtmfBuffer`, and returns as soon as one of them gives an answer, the no-input
 timer runs out, or `stop` is set (hang-up, maximum call duration). Speech that barged into the
 prompt arrives as `preface` frames and is heard first, so the answer keeps its first syllable.
-The silence that ends the answer adapts to what has been heard so far (`Hangover`).
+The silence that ends the answer adapts to what has been heard so far (`Hangover`). A turn in
+which the recogniser heard no word (noise the VAD took for speech) is no answer: listening goes
+on, and the question ends in no input when the timer runs out with nothing said.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ class Listener:
             if turn is not None:
                 for pcm in preface:
                     answer = turn.hear(pcm)
-                    if answer is not None:
+                    if answer is not None and not _wordless(answer):
                         return answer
             while not self._stop.is_set():
                 done = self._read_keys(keys)
@@ -128,7 +130,7 @@ class Listener:
                 frame = self.next_frame()
                 if frame is not None and turn is not None:
                     answer = turn.hear(frame[1])
-                    if answer is not None:
+                    if answer is not None and not _wordless(answer):
                         return answer
                 started = turn is not None and turn.started
                 if not started and not keys.started and time.monotonic() > deadline:
@@ -240,6 +242,8 @@ class _SpeechTurn:
             trailing_ms = (endpointer.frame_count - event.speech_end_at_frame) * FRAME_MS
             speech_end_at = time.time() - trailing_ms / 1000
             stream, self._stream = self._stream, None
+            self._held = None
+            endpointer.set_end_silence_ms(self._usual_ms)  # for speech after a wordless turn
             result = stream.finish()
             # the silence actually waited: a late partial that made the answer complete can end
             # the turn at once, after more than the (shortened) end silence
@@ -275,6 +279,13 @@ class _SpeechTurn:
         if self._stream is not None:
             self._stream.close()
             self._stream = None
+
+
+def _wordless(answer: Answer) -> bool:
+    """Speech the recogniser found no word in (a cough, a door, a noisy line): not an answer.
+    The turn has reset itself; listening goes on until the no-input timer runs out."""
+    heard = answer.heard
+    return isinstance(heard, AsrResult) and not heard.text.strip()
 
 
 def _to_asr(resampler: Resampler | None, pcm: bytes) -> bytes:
