@@ -32,6 +32,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 SUPPORTED_CODECS = ("PCMU", "PCMA")
 ASR_ENGINES = ("pocketsphinx", "vosk", "whisper", "openai")
 TTS_ENGINES = ("espeak", "piper", "openai")
+AUTO = "auto"
+"""An `engine` that is the best one installed, chosen at start (`app.models.choose`)."""
 
 
 class ConfigError(ValueError):
@@ -261,9 +263,10 @@ class OpenAiAsrConfig(EngineLimits):
 
 @dataclass(frozen=True, slots=True)
 class AsrConfig:
-    """`engine` answers first; `fallbacks` take over in order when it fails, hangs or is full."""
+    """`engine` answers first; `fallbacks` take over in order when it fails, hangs or is full.
+    "auto": Whisper, Vosk or PocketSphinx, the best installed, with PocketSphinx as fallback."""
 
-    engine: str = field(default="pocketsphinx", metadata=_check(_one_of(ASR_ENGINES)))
+    engine: str = field(default=AUTO, metadata=_check(_one_of((AUTO, *ASR_ENGINES))))
     fallbacks: tuple[str, ...] = field(default=(), metadata=_check(_engine_chain(ASR_ENGINES)))
     breaker_failures: int = field(default=3, metadata=_check(_between(1, 1000)))
     breaker_cooldown_s: float = field(default=30.0, metadata=_check(_positive))
@@ -311,9 +314,10 @@ class OpenAiTtsConfig(EngineLimits):
 @dataclass(frozen=True, slots=True)
 class TtsConfig:
     """`engine` speaks first; `fallbacks` take over in order. A dialplan's `voice` goes to the
-    engine that has it; the others speak in their own configured voice."""
+    engine that has it; the others speak in their own configured voice. "auto": Piper when a
+    voice is installed, with eSpeak NG as fallback, else eSpeak NG."""
 
-    engine: str = field(default="espeak", metadata=_check(_one_of(TTS_ENGINES)))
+    engine: str = field(default=AUTO, metadata=_check(_one_of((AUTO, *TTS_ENGINES))))
     fallbacks: tuple[str, ...] = field(default=(), metadata=_check(_engine_chain(TTS_ENGINES)))
     prompt_cache_mb: int = field(default=32, metadata=_check(_between(0, 4096)))
     breaker_failures: int = field(default=3, metadata=_check(_between(1, 1000)))

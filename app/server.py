@@ -32,6 +32,7 @@ from app.dialog.dialplan import Dialplan, DialplanError, load_dialplans
 from app.drain import StopSignals, drain_calls
 from app.media.audio import CALL_RATE
 from app.models import ModelMissing, resolve_model, resolve_piper_voices
+from app.models.choose import choose_engines
 from app.ops.health import Liveness, Readiness, chain, server_checks
 from app.ops.http import ListenerError, OpsHttpServer
 from app.ops.logs import setup_logging
@@ -70,6 +71,7 @@ def create_asr(config: Config, environ: Mapping[str, str] | None = None) -> AsrE
 
     Any engine that cannot load stops the server here, naming what to install or pull."""
     environ = os.environ if environ is None else environ
+    config = choose_engines(config).config
     return FallbackAsrEngine(
         _guarded("asr", config.asr, lambda name: build_asr_engine(name, config, environ), AsrError)
     )
@@ -167,6 +169,7 @@ def classifier_factory(config: Config) -> Callable[[], FrameClassifier] | None:
 def create_tts(config: Config, environ: Mapping[str, str] | None = None) -> TtsEngine:
     """The TTS chain of `[tts]` (engine, then fallbacks), each engine loaded once, guarded."""
     environ = os.environ if environ is None else environ
+    config = choose_engines(config).config
     return FallbackTtsEngine(
         _guarded("tts", config.tts, lambda name: _tts_engine(name, config, environ), TtsError)
     )
@@ -461,7 +464,9 @@ def open_recorder(config: Config) -> CallRecorder:
 
 
 def build_server(config: Config) -> Server:
-    """Load everything a call needs; raise `StartupError` naming what is wrong."""
+    """Load everything a call needs; raise `StartupError` naming what is wrong. `auto` engines
+    are the best installed ones (`app.models.choose`)."""
+    config = choose_engines(config).config
     dialplans, routes = load_plans_and_routes(config)
     security = load_security(config)
     classifier_factory(config)  # a missing VAD model fails here, before any call
@@ -533,9 +538,10 @@ def serve(config: Config) -> int:
     signal.signal(signal.SIGHUP, request_reload)
     pid_file = write_pid_file(config)
     log.info(
-        "switchboard ready: %d dialplan(s) [%s], store %s, state %s",
+        "switchboard ready: %d dialplan(s) [%s], %s, store %s, state %s",
         len(server.dialplans),
         ", ".join(sorted(server.dialplans)),
+        choose_engines(server.config).summary,
         redact_url(config.store.url),
         redact_url(config.state.url),
     )

@@ -64,6 +64,9 @@ class ServerProcess:
             "SWITCHBOARD_STORE__URL": f"sqlite:///{workdir / 'switchboard.db'}",
             "SWITCHBOARD_HTTP__BIND": HOST,
             "SWITCHBOARD_HTTP__PORT": str(http_port),
+            # hermetic engines: `auto` finds no model here (PocketSphinx + eSpeak) unless a test
+            # points [models] dir at the real weights
+            "SWITCHBOARD_MODELS__DIR": str(workdir / "models"),
             **overrides,
         }
         process = subprocess.Popen(

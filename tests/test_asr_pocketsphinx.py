@@ -144,9 +144,7 @@ def test_single_digits_by_speaker(
     for speaker, rows in sorted(_by_speaker(fsdd_manifest).items()):
         for i, row in enumerate(rng.sample(rows, 25)):
             result, _ = _recognise(engine, _utterance([shared_data / "fsdd" / row["audio"]], i))
-            correct.setdefault(speaker, []).append(
-                spoken_digits(result.text) == row["audio"][0]
-            )
+            correct.setdefault(speaker, []).append(spoken_digits(result.text) == row["audio"][0])
     per = {speaker: sum(v) / len(v) for speaker, v in correct.items()}
     overall = sum(sum(v) for v in correct.values()) / sum(len(v) for v in correct.values())
     print(f"\nsingle digits {overall:.0%}; " + ", ".join(f"{k} {v:.0%}" for k, v in per.items()))

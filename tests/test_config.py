@@ -36,7 +36,7 @@ def test_defaults_without_a_file_resolve_against_cwd(tmp_path, monkeypatch):
     assert config.sip.codecs == ("PCMU", "PCMA")
     assert config.sip.user_agent.startswith("Switchboard/")
     assert config.vad.aggressiveness == 2 and config.vad.no_input_ms == 6000
-    assert config.asr.engine == "pocketsphinx" and config.tts.engine == "espeak"
+    assert config.asr.engine == "auto" and config.tts.engine == "auto"  # app.models.choose
     assert config.server.node  # the host name
     assert config.sip.routes == tmp_path.resolve() / "sip_config" / "routes.toml"
     assert config.dialplans.dir == tmp_path.resolve() / "dialplans"
@@ -129,7 +129,7 @@ def test_memory_sqlite_and_absolute_sqlite_urls_are_kept(tmp_path):
         ("[sip]\ncodecs = []\n", None, "sip.codecs: must name at least one of PCMU, PCMA"),
         ("[sip]\nbind = 'anywhere'\n", None, "sip.bind: expected an IP address"),
         ("[server]\nlog_level = 'LOUD'\n", None, "server.log_level: must be one of DEBUG"),
-        ("[asr]\nengine = 'siri'\n", None, "asr.engine: must be one of pocketsphinx"),
+        ("[asr]\nengine = 'siri'\n", None, "asr.engine: must be one of auto, pocketsphinx"),
         ("[sip]\nrtp_port = 65000\n", None, "sip.rtp_port_count: ports 65000..65999 run past"),
         ("[vad]\nmax_utterance_ms = 1000\nmin_speech_ms = 2000\n", None, "vad.max_utterance_ms"),
     ],

@@ -19,10 +19,12 @@ from app.asr.fallback import FallbackAsrEngine
 from app.config import load_config
 from app.dialog.dialplan import load_dialplan
 from app.media.audio import CALL_RATE, iter_frames
+from app.models.choose import choose_engines
 from app.server import StartupError, check_voices, create_asr, create_tts
 from app.tts.fallback import FallbackTtsEngine
 from tests.conftest import REPO_ROOT
 from tests.http_backends import JsonBackend, Reply, unused_url
+from tests.model_files import models_root
 from tests.sip.rtp_pcap import build_digit_utterance, silence
 
 
@@ -121,3 +123,77 @@ def test_serve_with_a_missing_whisper_model_exits_with_the_fix(tmp_path):
     output = done.stderr + done.stdout
     assert "cannot start: asr.whisper:" in output
     assert "switchboard models pull faster-whisper-base.en" in output
+
+
+# --- engine = "auto": the best installed (app.models.choose) --------------------------------
+
+
+def _fake_whisper(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    for name in ("model.bin", "config.json", "tokenizer.json"):
+        (folder / name).write_text("{}")
+
+
+def _fake_voice(voices: Path, name: str) -> None:
+    voices.mkdir(parents=True, exist_ok=True)
+    (voices / f"{name}.onnx").write_bytes(b"onnx")
+    (voices / f"{name}.onnx.json").write_text('{"audio": {"sample_rate": 22050}}')
+
+
+def test_auto_without_models_is_the_zero_download_floor(tmp_path):
+    choice = choose_engines(config_with(tmp_path))
+    assert choice.config.asr.chain == ("pocketsphinx",)
+    assert choice.config.tts.chain == ("espeak",)
+    assert choice.summary == "asr pocketsphinx, tts espeak (en-us)"
+
+
+def test_auto_takes_installed_whisper_and_piper_with_the_floor_behind(tmp_path):
+    _fake_whisper(tmp_path / "models" / "faster-whisper-base")
+    _fake_whisper(tmp_path / "models" / "faster-whisper-tiny.en")
+    _fake_voice(tmp_path / "models" / "piper", "en_US-joe-medium")
+    choice = choose_engines(config_with(tmp_path))
+    asr, tts = choice.config.asr, choice.config.tts
+    # English-only and lighter first on a CPU: tiny.en before the multilingual base
+    assert asr.chain == ("whisper", "pocketsphinx")
+    assert asr.whisper.model == "faster-whisper-tiny.en"
+    assert tts.chain == ("piper", "espeak") and tts.piper.voice == "en_US-joe-medium"
+    assert choice.summary == (
+        "asr whisper (faster-whisper-tiny.en) > pocketsphinx, "
+        "tts piper (en_US-joe-medium) > espeak (en-us)"
+    )
+
+
+def test_auto_prefers_the_configured_model_and_voice_when_installed(tmp_path):
+    _fake_whisper(tmp_path / "models" / "faster-whisper-tiny.en")
+    _fake_whisper(tmp_path / "models" / "my-whisper")
+    _fake_voice(tmp_path / "models" / "piper", "en_US-joe-medium")
+    _fake_voice(tmp_path / "models" / "piper", "de_DE-thorsten-medium")
+    config = config_with(
+        tmp_path, asr__whisper__model="my-whisper", tts__piper__voice="de_DE-thorsten-medium"
+    )
+    chosen = choose_engines(config).config
+    assert chosen.asr.whisper.model == "my-whisper"
+    assert chosen.tts.piper.voice == "de_DE-thorsten-medium"
+
+
+def test_an_explicit_engine_is_kept_even_with_better_models_installed(tmp_path):
+    _fake_whisper(tmp_path / "models" / "faster-whisper-tiny.en")
+    _fake_voice(tmp_path / "models" / "piper", "en_US-joe-medium")
+    config = config_with(tmp_path, asr__engine="pocketsphinx", tts__engine="espeak")
+    chosen = choose_engines(config).config
+    assert chosen.asr.chain == ("pocketsphinx",) and chosen.tts.chain == ("espeak",)
+
+
+def test_auto_keeps_configured_fallbacks(tmp_path):
+    _fake_whisper(tmp_path / "models" / "faster-whisper-tiny.en")
+    config = config_with(tmp_path, asr__fallbacks="openai")
+    assert choose_engines(config).config.asr.chain == ("whisper", "openai")
+
+
+def test_auto_loads_the_real_weights_scripts_test_installs(tmp_path):
+    root = models_root("faster-whisper-tiny.en", "piper/en_US-joe-medium.onnx")
+    config = load_config(None, {"SWITCHBOARD_MODELS__DIR": str(root)})
+    asr, tts = create_asr(config), create_tts(config)
+    assert [guard.name for _e, guard in asr.chain] == ["whisper", "pocketsphinx"]
+    assert [guard.name for _e, guard in tts.chain] == ["piper", "espeak"]
+    assert tts.sample_rate == 22050  # Piper's voice leads the chain

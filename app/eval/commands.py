@@ -191,11 +191,12 @@ def run_asr(args: argparse.Namespace) -> int:
     from app.eval import asr, gate, report
     from app.eval.channel import ChannelError
     from app.eval.manifest import ManifestError, load_manifest
+    from app.models.choose import choose_engines
 
     err = Console(stderr=True)
     out = Console() if sys.stdout.isatty() else Console(width=240)  # tables whole in a file
     try:
-        config = load_config(args.config, os.environ)
+        config = choose_engines(load_config(args.config, os.environ)).config
         manifest = load_manifest(args.manifest)
         channels = _channels(args)
         grammars = tuple(asr.Grammar.parse(g) for g in dict.fromkeys(args.grammar or [asr.OPEN]))
