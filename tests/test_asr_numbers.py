@@ -48,6 +48,8 @@ from app.asr.numbers import cardinal, digit_words, spoken_digits, tokens
         ("Put one for three, seven.", "1437"),
         ("4 a 1", "481"),
         ("the number is two to two", "222"),
+        ("You said for 0719. Thank you.", "40719"),  # Whisper on Piper's "four zero seven..."
+        ("one two to", "122"),
         ("I want to pay 4 1 7", "417"),
         ("4 1 7 for my account", "417"),
         ("to", ""),

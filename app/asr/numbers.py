@@ -10,8 +10,8 @@ phone bot must get right, and how it is read here:
   number;
 - "double" and "triple" repeat the digit after them ("double five" -> 55, "triple oh" -> 000);
 - homophones a recogniser writes for a digit ("to"/"too" 2, "for"/"fore" 4, "won" 1, "ate" 8,
-  "a" 8) only inside a run of digits, both neighbours numbers or the run's edge, so "I want to"
-  and "four for my account" keep their words;
+  "a" 8) only where they lead into a number or close one at the end of the text ("you said
+  for 0719" -> 40719), so "I want to pay" and "four for my account" keep their words;
 - cardinals expand to their digits ("twenty three" -> 23, "nineteen eighty four" -> 1984, "a
   hundred and five" -> 105), read greedily left to right as the longest cardinal;
 - any other word is skipped (fillers, lead-ins).
@@ -151,12 +151,11 @@ def _plain_number(word: str | None) -> bool:
 
 
 def _inside_run(numeric: Sequence[bool], i: int) -> bool:
-    """Both neighbours are numbers, or one is and the other side is the text's edge."""
+    """A number follows, or one comes before and the text ends here: "for 0719", "1 2 to",
+    but not "to pay" or "4 1 7 for my account"."""
     before = numeric[i - 1] if i else None
     after = numeric[i + 1] if i + 1 < len(numeric) else None
-    if before is None and after is None:
-        return False
-    return before is not False and after is not False
+    return after is True or (before is True and after is None)
 
 
 def _digits_at(words: Sequence[str], numeric: Sequence[bool], i: int) -> tuple[str, int] | None:
