@@ -30,7 +30,9 @@ from app.asr.agreement import LocalAgreement, word_key
 from app.asr.base import AsrError, AsrResult, RecognitionOptions
 from app.asr.numbers import spoken_digits
 from app.asr.whisper import (
+    FINAL_LEAD_MARGIN,
     FINAL_PAD_S,
+    INITIAL_FINAL_S,
     WhisperEngine,
     WhisperHints,
     hints_for,
@@ -558,19 +560,77 @@ def test_speech_after_a_prepared_final_is_decoded_with_it() -> None:
     model.wait_idle()
 
 
-def test_prepare_final_without_a_free_slot_leaves_the_work_to_finish() -> None:
+def test_a_prepared_final_waits_for_the_busy_slot_and_holds_partials_back() -> None:
     model = ScriptedWhisper([(0.0, "one")], delay_s=0.3)
-    engine = WhisperEngine(model, max_concurrent=1)
+    engine = WhisperEngine(model, max_concurrent=1, partial_interval_s=0.2)
     busy, paused = engine.open_stream(), engine.open_stream()
-    for frame in _speech_frames(1.2):
+    for frame in _speech_frames(0.3):
         busy.feed(frame)
-    model.wait_calls(1)
-    paused.feed(_speech_frames(0.5)[0])
-    assert paused.prepare_final() is None
-    assert len(model.calls) == 1  # no slot: nothing queued behind the busy one
+    model.wait_calls(1)  # busy's partial holds the only slot
+    for frame in _speech_frames(0.5):
+        paused.feed(frame)
+    assert paused.prepare_final() is None  # queued behind it, not dropped
+    for frame in _speech_frames(1.0):  # busy goes on talking: its partials must wait
+        busy.feed(frame)
+    model.wait_calls(2)
+    assert [c["beam_size"] for c in model.calls] == [1, 5]  # partial, then the final
     assert paused.finish().text == "one"
+    assert len(model.calls) == 2
     busy.close()
     model.wait_idle()
+
+
+def test_prepared_result_is_there_during_the_pause() -> None:
+    model = ScriptedWhisper([(0.0, "4 1 7 0")], delay_s=0.05)
+    engine = WhisperEngine(model, partial_interval_s=None)
+    stream = engine.open_stream(RecognitionOptions(grammar="digits"))
+    for frame in _speech_frames(1.0):
+        stream.feed(frame)
+    assert stream.prepared_result() is None
+    stream.prepare_final()
+    model.wait_idle()
+    deadline = time.monotonic() + 2
+    while stream.prepared_result() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    prepared = stream.prepared_result()
+    assert prepared is not None and prepared.is_final
+    assert prepared.text == "four one seven zero"  # normalised as the final will be
+    assert stream.finish().text == "four one seven zero"
+    assert len(model.calls) == 1
+
+
+def test_speech_after_the_pause_cancels_a_final_still_waiting() -> None:
+    model = ScriptedWhisper([(0.0, "one"), (1.0, "one two")], delay_s=0.3)
+    engine = WhisperEngine(model, max_concurrent=1, partial_interval_s=None)
+    other, stream = engine.open_stream(), engine.open_stream()
+    for frame in _speech_frames(0.2):
+        other.feed(frame)
+    other.prepare_final()  # takes the slot for 0.3 s
+    model.wait_calls(1)
+    for frame in _speech_frames(0.5):
+        stream.feed(frame)
+    stream.prepare_final()  # waits for the slot...
+    for frame in _speech_frames(0.6):  # ...while the caller goes on
+        stream.feed(frame)
+    assert stream.prepared_result() is None
+    assert stream.finish().text == "one two"
+    other.close()
+    model.wait_idle()
+    # other's final, then the whole of stream's turn: its early final was never decoded
+    assert len(model.calls) == 2
+    assert model.calls[1]["seconds"] - FINAL_PAD_S == pytest.approx(1.1, abs=0.05)
+
+
+def test_final_lead_follows_the_measured_decodes() -> None:
+    model = ScriptedWhisper([(0.0, "one")], delay_s=0.1)
+    engine = WhisperEngine(model, partial_interval_s=None)
+    assert engine.final_lead_ms == int(1000 * INITIAL_FINAL_S * FINAL_LEAD_MARGIN) + 40
+    for _ in range(12):
+        stream = engine.open_stream()
+        stream.feed(_speech_frames(0.1)[0])
+        stream.finish()
+    assert 120 <= engine.final_lead_ms <= 260  # 0.1 s decodes, with the margin
+    assert stream.final_lead_ms == engine.final_lead_ms
 
 
 def test_digits_are_normalised_in_partials_and_final() -> None:

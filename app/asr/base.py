@@ -16,6 +16,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+DEFAULT_FINAL_LEAD_MS = 100
+"""`AsrStream.final_lead_ms` of an engine whose final pass is quick (PocketSphinx)."""
+
 
 @dataclass(frozen=True, slots=True)
 class AsrResult:
@@ -81,6 +84,19 @@ class AsrStream(ABC):
         prepared result. The default does nothing (a cheap final pass needs no head start).
         """
         return None
+
+    def prepared_result(self) -> AsrResult | None:
+        """The final `prepare_final` started, once it is ready; None before (never blocks).
+
+        The listener reads it during the pause, so an engine whose final arrives later than
+        `prepare_final` returns (Whisper) can still end a complete answer early."""
+        return None
+
+    @property
+    def final_lead_ms(self) -> int:
+        """How long before the end of the turn's silence `prepare_final` should start: about
+        what the engine's final pass takes (PocketSphinx 25-50 ms; Whisper measures its own)."""
+        return DEFAULT_FINAL_LEAD_MS
 
     def close(self) -> None:  # noqa: B027 - optional hook, most streams hold nothing to free
         """Release the stream without a result (caller hung up, barge-in cancelled)."""

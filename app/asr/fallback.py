@@ -103,6 +103,8 @@ class _Attempt:
         """(monotonic time queued, seconds of audio) of each operation not yet done."""
         self._lock = threading.Lock()
         self._partial: AsrResult | None = None
+        self.stream: AsrStream | None = None
+        """The engine's stream once open (read across threads: `prepared_result` only)."""
         rate = engine.sample_rate
         self._resampler = Resampler(CALL_RATE, rate) if rate != CALL_RATE else None
         self._put("open")
@@ -154,7 +156,7 @@ class _Attempt:
         try:
             self._ops.get()
             try:
-                stream = self.engine.open_stream(self._options)
+                stream = self.stream = self.engine.open_stream(self._options)
             except AsrError:
                 self.rejected_options = True
                 raise
@@ -230,6 +232,18 @@ class FallbackAsrStream(AsrStream):
         if attempt.prepare_done.wait(PREPARE_WAIT_S) and attempt.error is None:
             return attempt.prepared
         return None
+
+    def prepared_result(self) -> AsrResult | None:
+        attempt = self._attempt
+        if attempt is None or attempt.stream is None or attempt.error is not None:
+            return None
+        return attempt.stream.prepared_result()
+
+    @property
+    def final_lead_ms(self) -> int:
+        attempt = self._attempt
+        stream = attempt.stream if attempt is not None else None
+        return stream.final_lead_ms if stream is not None else super().final_lead_ms
 
     def finish(self) -> AsrResult:
         while self._attempt is not None:

@@ -51,6 +51,7 @@ import logging
 import math
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -79,6 +80,11 @@ DEVICES = ("cpu", "cuda", "auto")
 
 FINAL_PAD_S = 0.3
 """Quiet appended to the audio of a final decode (see the module docstring)."""
+INITIAL_FINAL_S = 0.6
+"""A final decode's duration assumed before one was measured (tiny.en, 2 CPU threads: ~0.5 s)."""
+FINAL_EWMA = 0.3
+"""Weight of the latest final decode in the running estimate of their duration."""
+FINAL_LEAD_MARGIN = 1.2
 NON_LEXICAL = re.compile(r"^(?:a+h+|o+h+|u+h+|u+m+|h+m+|m+h*m+|h+a+h*|e+r+m*|s+h+)$")
 """A "word" that is a sound, not speech a dialogue can use: what Whisper writes for a sigh,
 a cat or a clatter on the line."""
@@ -299,6 +305,14 @@ class WhisperEngine(AsrEngine):
         self.language = self._check_language(whisper_language(language))
         self._slots = threading.Semaphore(max_concurrent)
         self._executor = ThreadPoolExecutor(max_concurrent, thread_name_prefix="whisper-partial")
+        # Finals started early wait for a slot on threads of their own: a partial (which never
+        # waits) finishes first, and no partial starts while a final is waiting.
+        self._final_executor = ThreadPoolExecutor(
+            max(4, 2 * max_concurrent), thread_name_prefix="whisper-final"
+        )
+        self._finals_waiting = 0
+        self._finals_lock = threading.Lock()
+        self._final_s = INITIAL_FINAL_S  # running estimate of a final decode's duration
 
     def open_stream(self, options: RecognitionOptions | None = None) -> WhisperStream:
         hints = WhisperHints(self.language) if options is None else hints_for(options)
@@ -312,21 +326,45 @@ class WhisperEngine(AsrEngine):
     def close(self) -> None:
         """Stop the partial-decode threads (a decode in progress finishes)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._final_executor.shutdown(wait=False, cancel_futures=True)
 
     def _check_language(self, language: str) -> str:
         if language != "en" and not self.multilingual:
             raise AsrError(f"the Whisper model {self.model_path} is English-only, not {language!r}")
         return language
 
+    @property
+    def final_lead_ms(self) -> int:
+        """When to start a final before the turn's silence ends: the decodes measured so far
+        (a running average), with a margin; 600 ms before any."""
+        return int(1000 * self._final_s * FINAL_LEAD_MARGIN) + 40
+
     def _decode_partial(self, audio: bytes, hints: WhisperHints) -> Future[str] | None:
-        """Start a greedy decode on a worker if a slot is free now; else None (skip it)."""
+        """Start a greedy decode on a worker if a slot is free now and no final waits for
+        one; else None (skip it)."""
+        if self._finals_waiting:
+            return None
         return self._submit(self._transcribe, audio, hints, 1)
 
     def _decode_final_soon(
-        self, audio: bytes, hints: WhisperHints
+        self, audio: bytes, hints: WhisperHints, cancelled: threading.Event
     ) -> Future[tuple[str, float]] | None:
-        """Start the full-beam decode on a worker if a slot is free now; else None."""
-        return self._submit(self._transcribe_scored, audio, hints, self.beam_size)
+        """Start the full-beam decode now, on a thread that waits for a slot (partials hold
+        back meanwhile); None when the engine is closed. Setting `cancelled` before the slot
+        is had skips the decode."""
+        with self._finals_lock:
+            self._finals_waiting += 1
+        try:
+            future = self._final_executor.submit(self._decode_final, audio, hints, cancelled)
+        except RuntimeError:  # shut down
+            self._final_done()
+            return None
+        future.add_done_callback(lambda _: self._final_done())  # run, failed or cancelled
+        return future
+
+    def _final_done(self) -> None:
+        with self._finals_lock:
+            self._finals_waiting -= 1
 
     def _submit(self, fn: Callable[..., T], *args: object) -> Future[T] | None:
         # The slot is taken before the task is queued, never inside it: a queued task waiting
@@ -341,14 +379,23 @@ class WhisperEngine(AsrEngine):
         future.add_done_callback(lambda _: self._slots.release())  # run, failed or cancelled
         return future
 
-    def _decode_final(self, audio: bytes, hints: WhisperHints) -> tuple[str, float]:
+    def _decode_final(
+        self, audio: bytes, hints: WhisperHints, cancelled: threading.Event | None = None
+    ) -> tuple[str, float]:
+        """The full-beam decode, waiting up to `acquire_timeout_s` for a slot."""
         if not self._slots.acquire(timeout=self.acquire_timeout_s):
             raise AsrError(
                 f"all {self.max_concurrent} Whisper decoding slots stayed busy for "
                 f"{self.acquire_timeout_s:.1f} s (raise num_workers / max_concurrent?)"
             )
         try:
-            return self._transcribe_scored(audio, hints, self.beam_size)
+            if cancelled is not None and cancelled.is_set():
+                return "", 0.0  # the caller went on talking: this audio is not the turn
+            started = time.monotonic()
+            result = self._transcribe_scored(audio, hints, self.beam_size)
+            took = time.monotonic() - started
+            self._final_s += FINAL_EWMA * (took - self._final_s)
+            return result
         finally:
             self._slots.release()
 
@@ -405,6 +452,8 @@ class WhisperStream(AsrStream):
         self._agreement = LocalAgreement(2)
         self._pending: Future[str] | None = None
         self._final: Future[tuple[str, float]] | None = None  # from prepare_final()
+        self._final_cancelled = threading.Event()
+        self._prepared: AsrResult | None = None
         self._decoded_bytes = 0
         self._partial = ""
         self._open = True
@@ -415,8 +464,7 @@ class WhisperStream(AsrStream):
         if len(pcm) % _SAMPLE_BYTES:
             raise AsrError(f"PCM must be whole 16-bit samples, got {len(pcm)} bytes")
         if self._final is not None:  # the caller went on after the pause
-            self._final.cancel()
-            self._final = None
+            self._drop_final()
         self._audio += self._resampler.process(pcm)
         changed = self._collect()
         self._maybe_decode()
@@ -453,8 +501,37 @@ class WhisperStream(AsrStream):
         free; else finish() decodes as usual). Returns None: the result is on its way."""
         self._check_open("prepare_final")
         if self._final is None and self._audio:
-            self._final = self._engine._decode_final_soon(self._final_audio(), self.hints)
+            self._final_cancelled = threading.Event()
+            self._prepared = None
+            final = self._engine._decode_final_soon(
+                self._final_audio(), self.hints, self._final_cancelled
+            )
+            self._final = final
+            if final is not None:
+                final.add_done_callback(self._keep_prepared)
         return None
+
+    def prepared_result(self) -> AsrResult | None:
+        return self._prepared
+
+    @property
+    def final_lead_ms(self) -> int:
+        return self._engine.final_lead_ms
+
+    def _keep_prepared(self, final: Future[tuple[str, float]]) -> None:
+        """On the decoding thread: the early final's result, for `prepared_result`."""
+        if final is not self._final or final.cancelled() or final.exception() is not None:
+            return
+        text, confidence = final.result()
+        text = " ".join(self._engine._words(text, self.hints))
+        self._prepared = AsrResult(text, confidence if text else 0.0, True, ENGINE_NAME)
+
+    def _drop_final(self) -> None:
+        if self._final is not None:
+            self._final_cancelled.set()
+            self._final.cancel()
+            self._final = None
+        self._prepared = None
 
     def _final_audio(self) -> bytes:
         return bytes(self._audio) + bytes(int(FINAL_PAD_S * MODEL_RATE) * _SAMPLE_BYTES)
@@ -462,9 +539,7 @@ class WhisperStream(AsrStream):
     def close(self) -> None:
         self._open = False
         self._pending = None
-        if self._final is not None:
-            self._final.cancel()
-            self._final = None
+        self._drop_final()
 
     @property
     def decoding(self) -> bool:

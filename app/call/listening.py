@@ -35,12 +35,9 @@ from app.dialog.actions import Ask, DtmfInput, DtmfOptions, Heard, Recording
 from app.media.audio import CALL_RATE, FRAME_MS, SAMPLE_WIDTH
 from app.media.resample import Resampler
 
-PREPARE_LEAD_MS = 100
-"""The final recognition pass starts this long before the silence ends the turn (see
-`AsrStream.prepare_final`): PocketSphinx needs ~25-50 ms for it, Whisper more. Earlier would
-hide more of a slow engine's final, but a final over less of the closing silence can read
-differently (PocketSphinx's last word settles over ~0.5 s), and a pause that ends in more
-speech costs a re-decode."""
+MIN_PREPARE_SILENCE_MS = 200
+"""No final pass starts before this much silence: shorter pauses are the gaps inside a word
+or between digits read quickly, and each early final there would be decoded for nothing."""
 _POLL_S = 0.02
 _STRAY_S = 2.0
 _SINGLE_KEY = DtmfOptions(max_digits=1, terminator=None, inter_digit_ms=1000)
@@ -222,6 +219,7 @@ class _SpeechTurn:
         self._stream: AsrStream | None = None
         self._held: list[bytes] | None = None
         """Frames of the pause since `prepare_final()`; None while the final is not started."""
+        self._prepared_seen = False
 
     @property
     def started(self) -> bool:
@@ -258,13 +256,23 @@ class _SpeechTurn:
         if self._held is not None:
             if silence_ms:
                 self._held.append(frame)
+                if not self._prepared_seen:  # a final that arrives during the pause
+                    prepared = stream.prepared_result()
+                    if prepared is not None:
+                        self._prepared_seen = True
+                        self._partial(prepared, shorten_only=True)
                 return
             held, self._held = self._held, None
             for pcm in held:
                 self._partial(stream.feed(_to_asr(self._resampler, pcm)))
         self._partial(stream.feed(_to_asr(self._resampler, frame)))
-        if silence_ms >= max(FRAME_MS, self._endpointer.end_silence_ms - PREPARE_LEAD_MS):
+        # The final pass starts about its own duration before the silence runs out, so its
+        # result is there when the turn ends (Whisper: ~0.5 s on two CPU threads).
+        lead = stream.final_lead_ms
+        start_at = max(MIN_PREPARE_SILENCE_MS, self._endpointer.end_silence_ms - lead, FRAME_MS)
+        if silence_ms >= min(start_at, self._endpointer.end_silence_ms - FRAME_MS):
             self._held = []
+            self._prepared_seen = False
             # A final ready at once may show the answer complete: then the turn ends sooner.
             # It never makes the turn wait longer: PocketSphinx's last word is still settling.
             self._partial(stream.prepare_final(), shorten_only=True)
