@@ -171,11 +171,12 @@ def create_tts(config: Config, environ: Mapping[str, str] | None = None) -> TtsE
     environ = os.environ if environ is None else environ
     config = choose_engines(config).config
     return FallbackTtsEngine(
-        _guarded("tts", config.tts, lambda name: _tts_engine(name, config, environ), TtsError)
+        _guarded("tts", config.tts, lambda name: build_tts_engine(name, config, environ), TtsError)
     )
 
 
-def _tts_engine(name: str, config: Config, environ: Mapping[str, str]) -> TtsEngine:
+def build_tts_engine(name: str, config: Config, environ: Mapping[str, str]) -> TtsEngine:
+    """One engine of `[tts]` by name with its configured settings (the chain, `eval tts`)."""
     tts = config.tts
     if name == "espeak":
         from app.tts.espeak import EspeakEngine

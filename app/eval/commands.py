@@ -34,6 +34,118 @@ def add_eval_parser(
     _add_asr_parser(sub, add_config_option)
     add_calls_parser(sub, add_config_option)
     _add_digit_strings_parser(sub)
+    _add_tts_parser(sub, add_config_option)
+
+
+def _add_tts_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    add_config_option: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    tts = sub.add_parser(
+        "tts",
+        help="intelligibility of each voice on the phone (TTS -> G.711 -> Whisper -> WER) and "
+        "its time to first audio",
+    )
+    add_config_option(tts)
+    tts.add_argument(
+        "--engine",
+        action="append",
+        metavar="NAME",
+        help="a [tts] engine (repeat; default: the configured chain)",
+    )
+    tts.add_argument(
+        "--prompts",
+        type=Path,
+        metavar="FILE",
+        help="prompts, one a line (default: the dialplans' prompts)",
+    )
+    tts.add_argument("--codec", choices=("PCMU", "PCMA"), default="PCMU")
+    tts.add_argument("--json", type=Path, metavar="FILE", help="write every prompt's result")
+    tts.set_defaults(command=run_tts)
+
+
+def run_tts(args: argparse.Namespace) -> int:
+    """The `eval tts` command: every voice through the phone line to Whisper."""
+    import dataclasses as dc
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from app.config import AUTO, load_config
+    from app.dialog.dialplan import DialplanError, load_dialplans
+    from app.eval.tts import dialplan_prompts, evaluate_voice, read_prompts
+    from app.models.choose import choose_engines
+    from app.server import StartupError, build_asr_engine, build_tts_engine
+
+    err = Console(stderr=True)
+    try:
+        config = load_config(args.config, os.environ)
+        config = choose_engines(config).config
+        names = tuple(dict.fromkeys(args.engine or config.tts.chain))
+        if args.prompts:
+            prompts = read_prompts(args.prompts)
+        else:
+            plans = load_dialplans(config.dialplans.dir)
+            templates = [
+                t
+                for plan in plans.values()
+                for s in plan.steps.values()
+                for _key, t in s.templates()
+                if hasattr(t, "parts")
+            ]
+            prompts = dialplan_prompts(templates)
+        listening = choose_engines(
+            dc.replace(config, asr=dc.replace(config.asr, engine=AUTO, fallbacks=()))
+        ).config
+        if listening.asr.engine != "whisper":
+            raise StartupError(
+                "eval tts listens with Whisper: install a Whisper model first "
+                "(`switchboard models pull faster-whisper-tiny.en`)"
+            )
+        listener = build_asr_engine("whisper", listening, os.environ)
+        engines = {name: build_tts_engine(name, config, os.environ) for name in names}
+    except (OSError, ValueError, StartupError, DialplanError) as exc:
+        err.print(f"switchboard eval tts: {exc}", markup=False, highlight=False)
+        return EXIT_USAGE
+    except Exception as exc:  # an engine that cannot load: say which and why
+        err.print(f"switchboard eval tts: {type(exc).__name__}: {exc}", markup=False)
+        return EXIT_USAGE
+    voices = {"piper": config.tts.piper.voice, "espeak": config.tts.espeak.voice}
+    reports = []
+    for name, engine in engines.items():
+        err.print(f"{name}: {len(prompts)} prompts...", markup=False)
+        reports.append(
+            evaluate_voice(name, engine, voices.get(name), prompts, listener, args.codec)
+        )
+    table = Table(
+        title=f"TTS on the phone ({args.codec}), heard by Whisper {listening.asr.whisper.model}"
+    )
+    columns = (
+        "engine",
+        "voice",
+        "prompts",
+        "wer",
+        "exact",
+        "digits_exact",
+        "first_audio_ms_p50",
+        "first_audio_ms_p95",
+        "rtf",
+    )
+    for column in columns:
+        table.add_column(column)
+    for report in reports:
+        row = report.summary()
+        table.add_row(*(str(row[c]) for c in columns))
+    Console(width=200).print(table)
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                [{**r.summary(), "detail": [dc.asdict(p) for p in r.prompts]} for r in reports],
+                indent=2,
+            )
+        )
+    return EXIT_OK
 
 
 def _add_digit_strings_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
