@@ -72,6 +72,7 @@ from app.config import ConfigError, load_config  # noqa: E402
 from app.media.audio import CALL_RATE, FRAME_MS  # noqa: E402
 from app.media.g711 import Codec  # noqa: E402
 from app.media.resample import Resampler  # noqa: E402
+from app.models.choose import choose_engines  # noqa: E402
 from tests.server_process import ServerProcess  # noqa: E402
 from tests.sip.rtp_pcap import build_digit_utterance  # noqa: E402
 from tests.sip.sipp import SIPP, kill_group, render_scenario, sipp_command, start_sipp  # noqa: E402
@@ -934,6 +935,12 @@ def print_report(settings: dict, report: dict) -> None:
     header = f"{'mode':<10}{'measure':<44}{'n':>5}{'p50':>8}{'p95':>8}{'p99':>8}{'max':>8}"
     print(header)
     print("-" * len(header))
+    if "cpu" in report:
+        cpu = report["cpu"]
+        print(
+            f"cpu: servers used {cpu['server_cpu_s']} CPU s in {cpu['wall_s']} s "
+            f"({cpu['cores_busy']} cores busy, {cpu['per_call_core_share']} of a core per call)"
+        )
 
     def line(mode: str, what: str, stats: dict, p99: bool = True) -> None:
         print(
@@ -1173,6 +1180,16 @@ def check_tools(args: argparse.Namespace) -> None:
         raise SystemExit(f"dialplan {args.dialplan} not found")
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its waited-for children (/proc/PID/stat)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: no server or sipp left behind
 
@@ -1215,8 +1232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "barge-in": f"ask barge_in={ask.get('barge_in', '(not set: server default)')}; "
         f"caller barges in {args.barge_at_ms[0]}-{args.barge_at_ms[1]} ms into the question",
         "question": f"{ask_ref.full_ms} ms of speech: {ask_ref.text!r}",
-        "tts": f"{' -> '.join(config.tts.chain)} (espeak voice {config.tts.espeak.voice}, "
-        f"{config.tts.espeak.words_per_minute} wpm)",
+        "engines": choose_engines(config).summary,
         "echo (echo mode)": f"{args.echo_db:g} dB, {args.echo_ms:g} ms delay, caller silent",
         "caller speech": f"FSDD {'/'.join(SPEAKERS)}, 4 digits, pauses "
         f"{args.pause_ms[0]}-{args.pause_ms[1]} ms, answers {args.answer_after_ms:.0f} ms "
@@ -1240,6 +1256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"starting {args.servers} server(s)...", file=sys.stderr)
         start_servers(servers, args.servers, per_server, overrides, workdir)
         engine.start()
+        cpu_start = (time.monotonic(), sum(process_cpu_s(s.process.process.pid) for s in servers))
         run_id = f"{os.getpid()}{int(time.time()) % 100000}"
         for mode in modes:
             print(f"{mode}: {args.calls} calls...", file=sys.stderr)
@@ -1251,6 +1268,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 report["modes"][mode] = analyse_barge_in(mode_results, args.cut_tolerance_ms)
             else:
                 report["modes"][mode] = analyse_echo(mode_results, args.cut_tolerance_ms)
+        wall = time.monotonic() - cpu_start[0]
+        used = sum(process_cpu_s(s.process.process.pid) for s in servers) - cpu_start[1]
+        report["cpu"] = {
+            "server_cpu_s": round(used, 1),
+            "wall_s": round(wall, 1),
+            "cores_busy": round(used / wall, 2),
+            "per_call_core_share": round(used / wall / args.calls, 3),
+        }
         ok = True
     except KeyboardInterrupt:
         print("interrupted: stopping calls and servers", file=sys.stderr)

@@ -346,6 +346,7 @@ class _Segment:
     text: str
     tokens: list[int]
     avg_logprob: float
+    no_speech_prob: float = 0.1
 
 
 class ScriptedWhisper:
@@ -796,3 +797,24 @@ def _manifest_text(folder: Path, audio: str) -> str:
         if line.strip() and json.loads(line)["audio"] == audio:
             return json.loads(line)["text"]
     raise AssertionError(f"{audio} not in {folder}/manifest.jsonl")
+
+
+def test_digits_grammar_leaves_whisper_digit_tokens_and_extra_phrases_only() -> None:
+    from tokenizers import Tokenizer
+
+    from app.asr.whisper import _digits_only
+
+    root = models_root(WHISPER_MODEL)
+    tokenizer = Tokenizer.from_file(str(root / WHISPER_MODEL / "tokenizer.json"))
+    suppressed = set(_digits_only(SimpleNamespace(hf_tokenizer=tokenizer), ("agent",)))
+
+    def allowed(text: str) -> bool:
+        return not set(tokenizer.encode(text, add_special_tokens=False).ids) & suppressed
+
+    for text in (" 4", " 417", " five", " Five", ",", " double", " agent", " Agent"):
+        assert allowed(text), text
+    for text in (" Bye", " Hey", " Thanks", " hello"):
+        assert not allowed(text), text
+    end = tokenizer.token_to_id("<|endoftext|>")
+    assert end not in suppressed  # Whisper must still be able to stop
+    assert _digits_only(SimpleNamespace(), ()) == []  # no tokenizer: unconstrained

@@ -114,7 +114,9 @@ def test_digits_are_read_exactly(
     assert spoken_digits(turns[0].transcript) == digits
 
 
-@pytest.mark.parametrize("noise", ["running_tap.wav", "doing_the_dishes.wav", "dude_miaowing.wav"])
+@pytest.mark.parametrize(
+    "noise", ["running_tap.wav", "doing_the_dishes.wav", "exercise_bike.wav", "white_noise.wav"]
+)
 def test_noise_only_turn_is_no_input(tmp_path: Path, whisper, tts, shared_data, noise) -> None:
     before = whisper.streams
     clip = noise_clip(shared_data, noise, 1.5, -26.0)
