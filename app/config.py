@@ -293,6 +293,11 @@ class PiperConfig(EngineLimits):
     voice: str = field(default="en_US-lessac-medium", metadata=_check(_non_empty))
     # Phoneme duration: 1.0 the voice's own pace, 0.8 faster, 1.25 slower.
     length_scale: float = field(default=1.0, metadata=_check(_between(0.25, 4.0)))
+    # Variation in the voice (Piper's noise_scale, noise_w_scale); -1 keeps the voice's own.
+    # 0 makes every rendering of a text the same bytes (benchmarks that find prompts by
+    # waveform), at some cost in liveliness.
+    noise_scale: float = field(default=-1.0, metadata=_check(_between(-1.0, 2.0)))
+    noise_w_scale: float = field(default=-1.0, metadata=_check(_between(-1.0, 2.0)))
     cpu_threads: int = field(default=1, metadata=_check(_between(0, 256)))
 
 

@@ -190,6 +190,8 @@ def build_tts_engine(name: str, config: Config, environ: Mapping[str, str]) -> T
             resolve_piper_voices(config.models.dir, piper.voices, piper.voice),
             voice=piper.voice,
             length_scale=piper.length_scale,
+            noise_scale=piper.noise_scale if piper.noise_scale >= 0 else None,
+            noise_w_scale=piper.noise_w_scale if piper.noise_w_scale >= 0 else None,
             cpu_threads=piper.cpu_threads,
         )
     if name == "openai":

@@ -1152,7 +1152,7 @@ def server_overrides(args: argparse.Namespace, plans: Path, routes: Path) -> dic
         section, dot, name = key.strip().partition(".")
         if not sep or not dot:
             raise SystemExit(f"--server-set: expected SECTION.KEY=VALUE, got {item!r}")
-        overrides[f"SWITCHBOARD_{section.upper()}__{name.upper()}"] = value
+        overrides[f"SWITCHBOARD_{section.upper()}__{name.upper().replace('.', '__')}"] = value
     return overrides
 
 

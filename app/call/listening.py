@@ -35,7 +35,7 @@ from app.dialog.actions import Ask, DtmfInput, DtmfOptions, Heard, Recording
 from app.media.audio import CALL_RATE, FRAME_MS, SAMPLE_WIDTH
 from app.media.resample import Resampler
 
-MIN_PREPARE_SILENCE_MS = 200
+MIN_PREPARE_SILENCE_MS = 100
 """No final pass starts before this much silence: shorter pauses are the gaps inside a word
 or between digits read quickly, and each early final there would be decoded for nothing."""
 _POLL_S = 0.02
