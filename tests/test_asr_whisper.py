@@ -818,3 +818,19 @@ def test_digits_grammar_leaves_whisper_digit_tokens_and_extra_phrases_only() -> 
     end = tokenizer.token_to_id("<|endoftext|>")
     assert end not in suppressed  # Whisper must still be able to stop
     assert _digits_only(SimpleNamespace(), ()) == []  # no tokenizer: unconstrained
+
+
+def test_a_decoding_loop_is_no_text() -> None:
+    @dataclass
+    class Looping(_Segment):
+        compression_ratio: float = 9.0
+
+    model = ScriptedWhisper([])
+    engine = WhisperEngine(model, partial_interval_s=None)
+    model._decode = lambda seconds, beam: iter(  # type: ignore[method-assign]
+        [Looping("two zero" + " zero" * 60, [1] * 62, -0.2)]
+    )
+    stream = engine.open_stream(RecognitionOptions(grammar="digits"))
+    for frame in _speech_frames(0.5):
+        stream.feed(frame)
+    assert stream.finish().text == ""

@@ -93,6 +93,10 @@ DIGIT_TOKEN = re.compile(
 )
 """A token the digits grammar lets Whisper write (after strip and casefold): on single FSDD
 digits unconstrained tiny.en wrote "Bye." for "five", "Hey." for "eight" (63% right)."""
+COMPRESSION_LIMIT = 2.4
+"""A segment whose text compresses better than this (gzip ratio) is a decoding loop, not
+speech: Whisper's own threshold. Seen on a greedy partial of "two zero five": "two zero zero
+zero ..." 60 times, which made a 5-digit answer look complete and ended the turn."""
 FINAL_PAD_S = 0.3
 """Quiet appended to the audio of a final decode (see the module docstring)."""
 INITIAL_FINAL_S = 0.6
@@ -479,7 +483,11 @@ class WhisperEngine(AsrEngine):
         except Exception as exc:
             raise AsrError(f"Whisper could not decode: {exc}") from exc
         kept = [(lexical(s.text.strip()), s) for s in segments]
-        kept = [(text, s) for text, s in kept if text]
+        kept = [
+            (text, s)
+            for text, s in kept
+            if text and getattr(s, "compression_ratio", 0.0) <= COMPRESSION_LIMIT
+        ]
         text = " ".join(text for text, _ in kept)
         weights = [max(1, len(s.tokens)) for _, s in kept]
         if not text or not weights:
