@@ -97,3 +97,11 @@ class ServerProcess:
         if process.poll() is not None:
             raise AssertionError(f"server exited with {process.returncode}:\n{server.log}")
         return server
+
+
+def call_id_from(log: str, after: int) -> str:
+    """The Call-ID of the call the server logged after position `after` of its log."""
+    for line in log[after:].splitlines():
+        if " -> dialplan " in line:
+            return line.split("call ", 1)[1].split(" ", 1)[0]
+    raise AssertionError(f"server logged no accepted call:\n{log[after:]}")

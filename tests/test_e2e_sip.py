@@ -29,7 +29,7 @@ from app.media.resample import resample
 from app.state.redis import RedisState
 from app.store import get_call, get_turns, open_engine
 from app.tts.espeak import EspeakEngine
-from tests.server_process import ServerProcess
+from tests.server_process import ServerProcess, call_id_from
 from tests.sip import sipp
 from tests.sip.audio_match import find_reference_pieces, telephone_reference
 from tests.sip.baresip import run_baresip_call
@@ -117,14 +117,6 @@ def caller_speech(shared_data: Path, digits: str) -> bytes:
     """Silence through the bot's prompts, then the account number, then silence."""
     utterance = build_digit_utterance(shared_data, SPEAKER, digits, seed=int(digits))
     return silence(PROMPTS_MS) + utterance + silence(1000)
-
-
-def call_id_from(log: str, after: int) -> str:
-    """The Call-ID of the call the server logged after position `after` of its log."""
-    for line in log[after:].splitlines():
-        if " -> dialplan " in line:
-            return line.split("call ", 1)[1].split(" ", 1)[0]
-    raise AssertionError(f"server logged no accepted call:\n{log[after:]}")
 
 
 def assert_recorded(backend: Backend, call_id: str, digits: str, codec: str) -> dict:

@@ -25,7 +25,7 @@ from app.media.audio import CALL_RATE, frame_bytes
 from app.media.g711 import pcm_to_ulaw, ulaw_to_pcm
 from app.media.resample import resample
 from tests.model_files import models_root
-from tests.server_process import ServerProcess
+from tests.server_process import ServerProcess, call_id_from
 from tests.sip.baresip import run_baresip_call
 from tests.sip.rtp_pcap import build_digit_utterance, silence
 from tests.sip.wavfile import write_wav
@@ -76,13 +76,6 @@ def turns(server: ServerProcess, call_id: str, timeout: float = 10.0) -> list[sq
             time.sleep(0.2)
     finally:
         db.close()
-
-
-def call_id_from(log: str, after: int) -> str:
-    for line in log[after:].splitlines():
-        if " -> dialplan " in line:
-            return line.split("call ", 1)[1].split(" ", 1)[0]
-    raise AssertionError(f"server logged no accepted call:\n{log[after:]}")
 
 
 def heard_by(listener: WhisperEngine, pcm: bytes) -> str:

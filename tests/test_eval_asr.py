@@ -431,3 +431,28 @@ def test_pocketsphinx_digits_hold_their_baseline(
     assert main([*args, "--sample", "400", "--quiet", *gate]) == 0
     err = capsys.readouterr().err
     assert "5 cohort figures compared" in err and "0 worse" in err
+
+
+def test_digit_strings_are_one_speakers_clips_with_pauses(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    import wave as wav_module
+
+    from app.asr.numbers import spoken_digits
+    from app.eval.digit_strings import Spec, build
+
+    manifest = build(shared_data / "fsdd", tmp_path, Spec(count=8, min_digits=4, max_digits=6))
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert len(rows) == 8 and {r["speaker"] for r in rows} == {
+        "george", "jackson", "nicolas", "yweweler"
+    }  # fmt: skip
+    for row in rows:
+        digits = row["audio"].split("_")[2].removesuffix(".wav")
+        assert spoken_digits(row["text"]) == digits and 4 <= len(digits) <= 6
+        assert row["length"] == str(len(digits))
+        with wav_module.open(str(tmp_path / row["audio"])) as audio:
+            assert audio.getframerate() == 8000
+            # each FSDD clip is 0.2-0.8 s, each pause 0.2-0.6 s
+            assert 0.2 * len(digits) < audio.getnframes() / 8000 < 1.5 * len(digits) + 0.6
+    assert build(shared_data / "fsdd", tmp_path / "again", Spec(count=8, min_digits=4,
+                 max_digits=6)).read_text() == manifest.read_text()  # fmt: skip  # seeded

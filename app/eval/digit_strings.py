@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from app.asr.grammars import DIGIT_WORDS
+from app.asr.numbers import digit_words
 from app.media.audio import CALL_RATE
 
-_WORD = {digit: word for word, digit in DIGIT_WORDS.items() if word not in ("oh", "o")}
 LINE_NOISE_RMS = 10.0
 """Sample RMS of the line between digits (-70 dBFS): not digital silence."""
 
@@ -73,7 +72,7 @@ def build(fsdd: Path, out: Path, spec: Spec = Spec()) -> Path:
         lines.append(
             {
                 "audio": name,
-                "text": " ".join(_WORD[d] for d in digits),
+                "text": digit_words(digits),
                 "speaker": speaker,
                 "accent": first.get("accent", ""),
                 "length": str(len(digits)),
