@@ -118,8 +118,9 @@ def test_account_number_is_stored_and_read_back_exactly(
     # which in about one run of four mishears one read-back digit ("for" -> "four" or not):
     # the read-back must hold the number with at most one digit wrong.
     heard = spoken_digits(said)
-    match = difflib.SequenceMatcher(a=digits, b=heard).find_longest_match()
-    assert digits in heard or match.size >= len(digits) - 1, f"the caller heard {said!r}"
+    windows = [heard[i : i + len(digits)] for i in range(max(1, len(heard) - len(digits) + 1))]
+    best = max(difflib.SequenceMatcher(a=digits, b=w).ratio() for w in windows)
+    assert best >= 1 - 1 / len(digits), f"the caller heard {said!r}"
 
 
 def test_noise_only_turn_gets_the_no_input_reprompt(
